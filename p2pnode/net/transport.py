@@ -1,0 +1,300 @@
+"""Peer links: websocket listener and dialer, the mutual-authentication handshake, and framed messages.
+
+A :class:`PeerLink` exists only after both sides proved they hold the key of the peer id they claim, by signing
+a transcript that contains the other side's fresh nonce (see :mod:`p2pnode.core.wire`). Outgoing messages go
+through a bounded outbox drained by one writer task per link, so a slow peer never blocks the gossip loop: when
+its outbox is full, further gossip to it is dropped and counted (gossip tolerates loss; push-pull repairs it).
+
+The security issue adds the network key and encryption at one place: :func:`handshake` (the Hello already
+carries the network fingerprint) and the two methods that move bytes, :meth:`PeerLink._send_raw` and
+:meth:`PeerLink.receive`.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import trio
+import trio_websocket
+from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, WebSocketRequest
+
+from p2pnode.core.identity import Identity, short_id, verify_signature
+from p2pnode.core.records import PROTOCOL_VERSION, SignedRecord, open_record
+from p2pnode.core.wire import Auth, Hello, Message, WireLimits, decode, encode, handshake_transcript
+from p2pnode.errors import (
+    BadSignature,
+    DecodeError,
+    PeerRejected,
+    PeerTimeout,
+    PeerUnreachable,
+    RemoteProtocolError,
+)
+from p2pnode.net._errors import map_exceptions
+
+__all__ = ["CloseCode", "HandshakeConfig", "LinkStatistics", "PeerLink", "dial", "parse_peer_url", "serve_peers"]
+
+log = logging.getLogger(__name__)
+
+PEER_PATH = "/dcn/1"
+
+
+class CloseCode:
+    """Websocket close codes. Codes in DELIBERATE end a link on purpose and cast no doubt on the peer."""
+
+    NORMAL = 1000  # leaving the network
+    PROTOCOL = 1002  # the peer broke the protocol
+    POLICY = 1008  # authentication failed
+    TOO_BIG = 1009
+    DUPLICATE = 4001  # another link to the same peer wins
+    FULL = 4002  # at max_peers: here is our state, now dial someone else
+    VERSION = 4003  # incompatible protocol version
+    SELF = 4004  # we dialled ourselves
+    NETWORK = 4005  # the peer belongs to another network
+    TIMEOUT = 4008  # the peer stopped answering pings (not deliberate: casts doubt on it)
+    DELIBERATE = frozenset({NORMAL, DUPLICATE, FULL, VERSION, SELF, NETWORK})
+
+
+@dataclass(frozen=True)
+class LinkStatistics:
+    bytes_sent: int
+    bytes_received: int
+    messages_sent: int
+    messages_received: int
+    dropped: int  # messages not sent because the outbox was full
+
+
+@dataclass(frozen=True)
+class HandshakeConfig:
+    identity: Identity
+    network: str  # fingerprint of the network key, or "open"
+    timeout: float
+    limits: WireLimits
+
+
+class PeerLink:
+    """An authenticated websocket link to one peer, used in both directions."""
+
+    def __init__(
+        self, ws: WebSocketConnection, peer_id: str, record: SignedRecord, *, initiator: bool, outbox: int
+    ) -> None:
+        self.peer_id = peer_id
+        self.record = record  # the peer's record as presented in the handshake
+        self.initiator = initiator  # True when we dialled
+        self._ws = ws
+        self._send_channel, self._receive_channel = trio.open_memory_channel[bytes](outbox)
+        self._bytes_sent = self._bytes_received = self._sent = self._received = self._dropped = 0
+
+    def __repr__(self) -> str:
+        return f"PeerLink({short_id(self.peer_id)}, {'out' if self.initiator else 'in'})"
+
+    @property
+    def remote_address(self) -> str:
+        return str(self._ws.remote)
+
+    @property
+    def close_code(self) -> int | None:
+        return self._ws.closed.code if self._ws.closed else None
+
+    def send_nowait(self, message: Message) -> bool:
+        """Queue a message for the writer task; ``False`` (and counted) if the outbox is full or closed."""
+        try:
+            self._send_channel.send_nowait(encode(message))
+            return True
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            self._dropped += 1
+            return False
+
+    async def send(self, message: Message) -> None:
+        """Send now, bypassing the outbox (handshake, goodbye)."""
+        await self._send_raw(encode(message))
+
+    async def _send_raw(self, data: bytes) -> None:
+        with map_exceptions({ConnectionClosed: PeerUnreachable, trio.BrokenResourceError: PeerUnreachable}):
+            await self._ws.send_message(data)
+        self._bytes_sent += len(data)
+        self._sent += 1
+
+    async def run_writer(self) -> None:
+        """Drain the outbox until the link closes."""
+        async with self._receive_channel:
+            async for data in self._receive_channel:
+                await self._send_raw(data)
+
+    async def receive(self, limits: WireLimits) -> Message:
+        """The next message. Raises :class:`PeerUnreachable` when the link is closed, :class:`DecodeError` on garbage."""
+        with map_exceptions({ConnectionClosed: PeerUnreachable}):
+            data = await self._ws.get_message()
+        if not isinstance(data, bytes):
+            raise DecodeError("peer messages are binary")
+        self._bytes_received += len(data)
+        self._received += 1
+        return decode(data, limits)
+
+    async def ping(self, timeout: float) -> None:
+        """Round trip a websocket ping; :class:`PeerTimeout` if no pong within ``timeout``."""
+        with map_exceptions({ConnectionClosed: PeerUnreachable, trio.TooSlowError: PeerTimeout}):
+            with trio.fail_after(timeout):
+                await self._ws.ping()
+
+    async def aclose(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        self._send_channel.close()
+        with trio.move_on_after(1) as scope:
+            scope.shield = True
+            await self._ws.aclose(code, reason[:120])
+
+    def statistics(self) -> LinkStatistics:
+        return LinkStatistics(self._bytes_sent, self._bytes_received, self._sent, self._received, self._dropped)
+
+
+async def _receive_one(ws: WebSocketConnection, kind: type, limits: WireLimits):  # noqa: ANN202
+    with map_exceptions({ConnectionClosed: PeerUnreachable}):
+        data = await ws.get_message()
+    if not isinstance(data, bytes):
+        raise DecodeError("peer messages are binary")
+    message = decode(data, limits)
+    if not isinstance(message, kind):
+        raise DecodeError(f"expected {kind.__name__} during the handshake, got {type(message).__name__}")
+    return message
+
+
+async def handshake(
+    ws: WebSocketConnection,
+    config: HandshakeConfig,
+    local_record: SignedRecord,
+    *,
+    initiator: bool,
+    wall_now: Callable[[], float],
+    outbox: int,
+) -> PeerLink:
+    """Prove our identity, check theirs, and swap records. Closes ``ws`` with a reason code on failure."""
+    mine = Hello(PROTOCOL_VERSION, config.identity.peer_id, secrets.token_bytes(32), config.network)
+    try:
+        with map_exceptions({trio.TooSlowError: PeerTimeout}), trio.fail_after(config.timeout):
+            with map_exceptions({ConnectionClosed: PeerUnreachable}):
+                await ws.send_message(encode(mine))
+            theirs = await _receive_one(ws, Hello, config.limits)
+            if theirs.version != PROTOCOL_VERSION:
+                raise _Refuse(CloseCode.VERSION, f"protocol version {theirs.version}, we speak {PROTOCOL_VERSION}")
+            if theirs.network != config.network:
+                raise _Refuse(CloseCode.NETWORK, "different network")
+            if theirs.peer_id == config.identity.peer_id:
+                raise _Refuse(CloseCode.SELF, "connected to ourselves")
+            first, second = (mine, theirs) if initiator else (theirs, mine)
+            signature = config.identity.sign(handshake_transcript(first, second, initiator))
+            with map_exceptions({ConnectionClosed: PeerUnreachable}):
+                await ws.send_message(encode(Auth(signature, local_record.envelope)))
+            auth = await _receive_one(ws, Auth, config.limits)
+            verify_signature(theirs.peer_id, auth.signature, handshake_transcript(first, second, not initiator))
+            record = open_record(auth.record, now=wall_now())
+            if record.record.peer_id != theirs.peer_id:
+                raise BadSignature("handshake record belongs to another peer")
+    except _Refuse as refuse:
+        await _close(ws, refuse.code, refuse.reason)
+        raise PeerRejected(refuse.reason, code=refuse.code, reason=refuse.reason) from None
+    except RemoteProtocolError as exc:
+        await _close(ws, exc.close_code, str(exc))
+        raise
+    except PeerUnreachable as exc:
+        closed = ws.closed
+        if closed is not None and closed.code in CloseCode.DELIBERATE:
+            raise PeerRejected(f"peer closed: {closed.reason}", code=closed.code, reason=closed.reason) from exc
+        raise
+    return PeerLink(ws, theirs.peer_id, record, initiator=initiator, outbox=outbox)
+
+
+class _Refuse(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+async def _close(ws: WebSocketConnection, code: int, reason: str) -> None:
+    with trio.move_on_after(1) as scope:
+        scope.shield = True
+        await ws.aclose(code, reason[:120])
+
+
+def parse_peer_url(url: str) -> tuple[str, int]:
+    """``ws://HOST:PORT`` (path optional) -> (host, port); :class:`ValueError` with a readable reason otherwise."""
+    parts = urlsplit(url)
+    if parts.scheme != "ws" or not parts.hostname or parts.port is None:
+        raise ValueError(f"peer address must look like ws://HOST:PORT, got {url!r}")
+    return parts.hostname, parts.port
+
+
+@asynccontextmanager
+async def dial(
+    url: str,
+    config: HandshakeConfig,
+    local_record: SignedRecord,
+    *,
+    wall_now: Callable[[], float],
+    outbox: int,
+) -> AsyncIterator[PeerLink]:
+    """Connect to a peer and authenticate; the link lives as long as the context."""
+    host, port = parse_peer_url(url)
+    try:
+        async with trio_websocket.open_websocket(
+            host,
+            port,
+            PEER_PATH,
+            use_ssl=False,
+            max_message_size=config.limits.max_message_bytes,
+            connect_timeout=config.timeout,
+            disconnect_timeout=1,
+        ) as ws:
+            link = await handshake(ws, config, local_record, initiator=True, wall_now=wall_now, outbox=outbox)
+            yield link
+    except trio_websocket.ConnectionRejected as exc:
+        raise PeerRejected(f"{url} refused the websocket upgrade (HTTP {exc.status_code})") from exc
+    except (HandshakeError, OSError) as exc:
+        raise PeerUnreachable(f"cannot connect to {url}: {exc.__cause__ or exc}") from exc
+
+
+async def serve_peers(
+    handler: Callable[[PeerLink], Awaitable[None]],
+    host: str,
+    port: int,
+    config: HandshakeConfig,
+    local_record: Callable[[], SignedRecord],
+    *,
+    wall_now: Callable[[], float],
+    outbox: int,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Accept peer links on ``host:port`` and run ``handler(link)`` for each; reports the bound port."""
+
+    async def on_request(request: WebSocketRequest) -> None:
+        if request.path != PEER_PATH:
+            await request.reject(404, body=b"not a dcn peer endpoint\n")
+            return
+        ws = await request.accept()
+        try:
+            link = await handshake(ws, config, local_record(), initiator=False, wall_now=wall_now, outbox=outbox)
+        except (RemoteProtocolError, PeerRejected, PeerUnreachable, PeerTimeout) as exc:
+            log.info("inbound handshake from %s failed: %s", ws.remote, exc)
+            return
+        await handler(link)
+
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(
+            lambda task_status: trio_websocket.serve_websocket(
+                on_request,
+                host,
+                port,
+                None,
+                handler_nursery=nursery,
+                max_message_size=config.limits.max_message_bytes,
+                connect_timeout=config.timeout,
+                disconnect_timeout=1,
+                task_status=task_status,
+            )
+        )
+        task_status.started(server.port)
+
