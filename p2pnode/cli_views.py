@@ -1,0 +1,77 @@
+"""``dcn-node status`` and ``dcn-node peers``: ask a node's gateway and print readable tables (or raw JSON)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+import httpx
+
+__all__ = ["format_peers", "format_status", "show"]
+
+_ENDPOINTS = {"status": "/api/distributed/stats", "peers": "/api/distributed/nodes"}
+
+
+def show(command: str, base_url: str, *, as_json: bool) -> int:
+    url = base_url.rstrip("/") + _ENDPOINTS[command]
+    try:
+        response = httpx.get(url, timeout=5.0)
+        response.raise_for_status()
+        data = response.json()
+    except httpx.HTTPError as exc:
+        print(
+            f"dcn-node: cannot read {url}: {exc}. Is `dcn-node run` running? Pass its gateway with --http URL.",
+            file=sys.stderr,
+        )
+        return 1
+    if as_json:
+        print(json.dumps(data, indent=2))
+    else:
+        print(format_status(data) if command == "status" else format_peers(data["nodes"], now=time.time()))
+    return 0
+
+
+def format_status(stats: dict[str, Any]) -> str:
+    models = stats.get("available_models") or []
+    rows = [
+        ("nodes online", f"{stats['online_nodes']} of {stats['total_nodes']}"),
+        ("GPUs", f"{stats.get('total_gpus', 0)} ({stats['total_gpu_memory']} MB)"),
+        ("CPU cores", str(stats["total_cpu_cores"])),
+        ("active tasks", str(stats["active_tasks"])),
+        ("models", ", ".join(models) if models else "(none)"),
+    ]
+    return "\n".join(f"{label:<14}{value}" for label, value in rows)
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 1:
+        return "now"
+    if seconds < 120:
+        return f"{seconds:.0f}s ago"
+    return f"{seconds / 60:.0f}m ago"
+
+
+def format_peers(nodes: list[dict[str, Any]], *, now: float) -> str:
+    header = ("NAME", "NODE", "STATUS", "USER", "MODELS", "GPUS", "GPU MB", "CPUS", "LOAD", "TASKS", "RT MS", "SEEN")
+    rows = [header]
+    for node in nodes:
+        models = node["available_models"]
+        rows.append((
+            node["name"] + (" *" if node.get("self") else ""),
+            node["node_id"][6:14],
+            node["status"],
+            node["user_id"],
+            ",".join(models) if len(models) <= 2 else f"{models[0]} +{len(models) - 1}",
+            str(node["gpu_count"]),
+            str(node["gpu_memory"]),
+            str(node["cpu_cores"]),
+            f"{node['current_load']:.2f}",
+            str(node["active_tasks"]),
+            f"{node['response_time']:.0f}",
+            _ago(max(0.0, now - node["last_seen"])),
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines) + "\n(* this node)"

@@ -1,0 +1,1 @@
+"""The local HTTP gateway: an ASGI app served by hypercorn's trio worker."""

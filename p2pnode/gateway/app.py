@@ -1,0 +1,153 @@
+"""A small ASGI application: exact-path routing, JSON in and out, errors as ``{"error": ...}``.
+
+Routes are registered by the API modules; the app knows nothing of what they serve."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+
+from p2pnode.errors import GatewayError
+
+__all__ = ["GatewayApp", "JSONResponse", "Request", "serve_gateway"]
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    path_params: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        try:
+            return json.loads(self.body or b"null")
+        except ValueError as exc:
+            raise GatewayError(f"request body is not valid JSON: {exc}", status_hint=400) from None
+
+
+@dataclass(frozen=True)
+class JSONResponse:
+    body: Any
+    status: int = 200
+
+
+Handler = Callable[[Request], Awaitable[JSONResponse]]
+
+
+class GatewayApp:
+    def __init__(self) -> None:
+        self._routes: list[tuple[str, tuple[str, ...], Handler]] = []
+
+    def route(self, method: str, path: str, handler: Handler) -> None:
+        """Register ``handler`` for ``method path``; a path segment ``{name}`` matches one segment."""
+        self._routes.append((method, tuple(path.strip("/").split("/")), handler))
+
+    def _match(self, method: str, path: str) -> tuple[Handler, dict[str, str]]:
+        segments = tuple(path.strip("/").split("/"))
+        allowed = False
+        for route_method, pattern, handler in self._routes:
+            params = _match_segments(pattern, segments)
+            if params is None:
+                continue
+            if route_method == method:
+                return handler, params
+            allowed = True
+        if allowed:
+            raise GatewayError(f"method {method} not allowed on {path}", status_hint=405)
+        raise GatewayError(f"no such endpoint: {path}", status_hint=404)
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        try:
+            handler, params = self._match(scope["method"], scope["path"])
+            body = await _read_body(receive)
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+            request = Request(scope["method"], scope["path"], scope["query_string"].decode("latin-1"), headers, params, body)
+            response = await handler(request)
+        except GatewayError as exc:
+            response = JSONResponse({"error": str(exc)}, exc.status_hint)
+        await _send_json(send, response)
+
+
+def _match_segments(pattern: tuple[str, ...], segments: tuple[str, ...]) -> dict[str, str] | None:
+    if len(pattern) != len(segments):
+        return None
+    params: dict[str, str] = {}
+    for want, got in zip(pattern, segments):
+        if want.startswith("{") and want.endswith("}"):
+            if not got:
+                return None
+            params[want[1:-1]] = got
+        elif want != got:
+            return None
+    return params
+
+
+async def _read_body(receive: Callable) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise GatewayError("client went away", status_hint=499)
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise GatewayError(f"request body over {MAX_BODY_BYTES} bytes", status_hint=413)
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+async def _send_json(send: Callable, response: JSONResponse) -> None:
+    payload = json.dumps(response.body).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+async def _lifespan(receive: Callable, send: Callable) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def serve_gateway(
+    app: GatewayApp, host: str, port: int, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Serve ``app`` with hypercorn's trio worker on ``host:port``; reports the base URL it listens on."""
+    config = HypercornConfig()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("p2pnode.gateway.hypercorn")
+    config.include_server_header = False
+    config.graceful_timeout = 1.0
+
+    async def run(task_status: trio.TaskStatus[list[str]]) -> None:
+        await serve(app, config, task_status=task_status, mode="asgi")
+
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(run)
+        task_status.started(binds[0])

@@ -1,0 +1,83 @@
+"""The composition root: one nursery, one service per ``nursery.start``. Wires things together; no logic."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+import trio
+
+from p2pnode import keystore
+from p2pnode.config import NodeConfig
+from p2pnode.core.identity import Identity, short_id
+from p2pnode.errors import ConfigError
+from p2pnode.gateway import distributed_api
+from p2pnode.gateway.app import GatewayApp, serve_gateway
+from p2pnode.net.overlay import Overlay
+
+__all__ = ["Node", "NodeAddresses"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NodeAddresses:
+    peer_id: str
+    peer_port: int
+    peer_urls: tuple[str, ...]
+    http_url: str
+
+
+class Node:
+    def __init__(self, config: NodeConfig, identity: Identity) -> None:
+        if config.backends:
+            kinds = ", ".join(sorted({b.kind for b in config.backends}))
+            raise ConfigError(f"backend kind(s) {kinds} are not available in this build yet; run with --backend none")
+        self.config = config
+        self.identity = identity
+        self.overlay = Overlay(identity, config.overlay, self._describe)
+        self.gateway = GatewayApp()
+        distributed_api.install(self.gateway, lambda: self.overlay.membership, self._clocks)
+
+    @staticmethod
+    def _clocks() -> tuple[float, float]:
+        return trio.current_time(), time.time()
+
+    def _describe(self) -> dict[str, Any]:
+        return {
+            "name": self.config.name,
+            "user_id": self.config.user,
+            "cpu_cores": psutil.cpu_count(logical=True) or os.cpu_count() or 1,
+        }
+
+    async def run(self, *, task_status: trio.TaskStatus[NodeAddresses] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the overlay and the gateway until cancelled; reports where they listen once both are up."""
+        cfg = self.config
+        async with trio.open_nursery() as nursery:
+            peer_port = await nursery.start(self.overlay.run)
+            http_url = await nursery.start(serve_gateway, self.gateway, cfg.http_host, cfg.http_port)
+            addresses = NodeAddresses(self.identity.peer_id, peer_port, self.overlay.local_record.record.addrs, http_url)
+            # A few hundred bytes on local disk: not worth a worker thread (which would outlive us in trio's cache).
+            keystore.write_runtime(cfg.data_dir, {
+                "pid": os.getpid(),
+                "peer_id": addresses.peer_id,
+                "peer_urls": list(addresses.peer_urls),
+                "http_url": http_url,
+            })
+            log.info(
+                "node %s (%s) ready: gateway %s, peers %s, %d seed(s), network %s",
+                short_id(self.identity.peer_id), cfg.name, http_url, ", ".join(addresses.peer_urls),
+                len(cfg.overlay.seeds), cfg.overlay.network,
+            )
+            if not cfg.no_backend:
+                log.info("no LLM backend configured: this node joins and coordinates but runs no prompts itself")
+            task_status.started(addresses)
+
+    async def leave(self) -> None:
+        """Tell peers we are going (they mark us left at once) and forget the runtime file."""
+        await self.overlay.leave()
+        keystore.remove_runtime(self.config.data_dir)
