@@ -9,6 +9,8 @@ from typing import Any
 
 import httpx
 
+from p2pnode.core.identity import short_id
+
 __all__ = ["format_peers", "format_status", "show"]
 
 _ENDPOINTS = {"status": "/api/distributed/stats", "peers": "/api/distributed/nodes"}
@@ -60,7 +62,7 @@ def format_peers(nodes: list[dict[str, Any]], *, now: float) -> str:
         models = node["available_models"]
         rows.append((
             node["name"] + (" *" if node.get("self") else ""),
-            node["node_id"][6:14],
+            short_id(node["node_id"]),
             node["status"],
             node["user_id"],
             ",".join(models) if len(models) <= 2 else f"{models[0]} +{len(models) - 1}",

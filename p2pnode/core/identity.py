@@ -95,8 +95,8 @@ def verify_signature(peer_id: str, signature: bytes, data: bytes) -> None:
 
 
 def short_id(peer_id: str) -> str:
-    """The 8 characters of a peer id that tell peers apart in logs (the first 6 are the same for every id)."""
-    return peer_id[6:14] if len(peer_id) > 14 else peer_id
+    """The 8 characters of a peer id that tell peers apart in logs (the first 8, "12D3KooW", are always the same)."""
+    return peer_id[8:16] if len(peer_id) > 16 else peer_id
 
 
 class Identity:

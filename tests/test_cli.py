@@ -1,0 +1,113 @@
+"""Flags, environment and config file merge in that order; bad input gets one clear line and exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from p2pnode.cli import _parser, build_config
+from p2pnode.cli_views import format_peers, format_status
+
+
+def config_for(argv: list[str], environ: dict[str, str] | None = None):
+    return build_config(_parser().parse_args(["run", *argv]), environ or {})
+
+
+def test_flags_beat_environment_beat_file_beat_defaults(tmp_path):
+    toml = tmp_path / "dcn.toml"
+    toml.write_text(
+        'name = "from-file"\nuser = "file-user"\nlisten = "127.0.0.1:9000"\nseeds = ["ws://10.0.0.1:11436"]\n'
+        "[gossip]\ninterval = 0.5\n[membership]\nsuspicion_timeout = 4\n"
+    )
+    config, _ = config_for(["--config", str(toml), "--name", "from-flag"], {"DCN_USER": "env-user", "DCN_NAME": "env"})
+    assert config.name == "from-flag"
+    assert config.user == "env-user"
+    assert (config.overlay.listen_host, config.overlay.listen_port) == ("127.0.0.1", 9000)
+    assert config.overlay.seeds == ("ws://10.0.0.1:11436",)
+    assert config.overlay.gossip.interval == 0.5
+    assert config.overlay.membership.suspicion_timeout == 4.0
+    assert (config.http_host, config.http_port) == ("127.0.0.1", 11435)  # default
+    assert config.mdns is True
+
+
+def test_environment_lists_and_switches(tmp_path):
+    config, _ = config_for([], {"DCN_SEEDS": "ws://a:1, ws://b:2", "DCN_MDNS": "false", "DCN_BACKENDS": "none"})
+    assert config.overlay.seeds == ("ws://a:1", "ws://b:2")
+    assert config.mdns is False and config.no_backend is True and config.backends == ()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--listen", "nonsense"], "--listen must be HOST:PORT"),
+        (["--http", "127.0.0.1:99999"], "--http must be HOST:PORT"),
+        (["--seed", "http://x:1"], "peer address must look like ws://HOST:PORT"),
+        (["--backend", "vllm=http://x"], "backend must be none"),
+        (["--backend", "ollama=localhost"], "needs an http(s) URL"),
+        (["--log-level", "loud"], "log level"),
+    ],
+)
+def test_bad_flags_exit_2_with_one_clear_line(argv, message, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "p2pnode", "run", "--data-dir", str(tmp_path), *argv], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and lines[0].startswith("dcn-node: error:")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("name = [", "not valid TOML"),
+        ("colour = 'blue'", "unknown key 'colour'"),
+        ("[gossip]\nfanout = 'three'", "fanout must be a int"),
+        ("[gossip]\nspeed = 1", "has no setting 'speed'"),
+        ("[peers]\nmax_peers = -1", "must be positive"),
+        ("seeds = 5", "seeds must be a list"),
+    ],
+)
+def test_bad_config_files_are_named_precisely(content, message, tmp_path):
+    from p2pnode.errors import ConfigError
+
+    path = tmp_path / "bad.toml"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        config_for(["--config", str(path)])
+
+
+def test_a_network_key_must_be_32_bytes(tmp_path):
+    from p2pnode.errors import ConfigError
+
+    key = tmp_path / "net.key"
+    key.write_bytes(b"short")
+    with pytest.raises(ConfigError, match="exactly 32 bytes"):
+        config_for(["--network-key", str(key)])
+    key.write_bytes(bytes(range(32)))
+    fingerprint = config_for(["--network-key", str(key)])[0].overlay.network
+    assert len(fingerprint) == 16 and bytes(range(32)).hex()[:16] not in fingerprint
+
+
+def test_status_and_peers_tables_are_readable():
+    status = format_status({"total_nodes": 3, "online_nodes": 2, "total_gpu_memory": 8000, "total_cpu_cores": 12,
+                            "active_tasks": 1, "total_gpus": 1, "available_models": ["qwen2.5:7b"]})
+    assert "nodes online  2 of 3" in status and "qwen2.5:7b" in status
+    node = {"node_id": "12D3KooWBtg3aaRMjxwedh83aGiUkwSxDwUZkzuJcfaqUmo7R3pq", "name": "box", "user_id": "ann",
+            "status": "online", "available_models": ["a", "b", "c"], "gpu_count": 1, "gpu_memory": 8000,
+            "cpu_cores": 8, "current_load": 0.25, "active_tasks": 1, "response_time": 95.4, "last_seen": 1000.0,
+            "self": True}
+    table = format_peers([node], now=1005.0).splitlines()
+    assert table[0].split() == ["NAME", "NODE", "STATUS", "USER", "MODELS", "GPUS", "GPU", "MB", "CPUS", "LOAD",
+                                "TASKS", "RT", "MS", "SEEN"]
+    assert table[1].split() == ["box", "*", "Btg3aaRM", "online", "ann", "a", "+2", "1", "8000", "8", "0.25", "1",
+                                "95", "5s", "ago"]
+
+
+def test_status_without_a_running_node_says_what_to_do(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "p2pnode", "status", "--http", "http://127.0.0.1:9"], capture_output=True, text=True
+    )
+    assert result.returncode == 1
+    assert "Is `dcn-node run` running?" in result.stderr
