@@ -17,6 +17,7 @@ from p2pnode.core.identity import Identity, short_id
 from p2pnode.errors import ConfigError
 from p2pnode.gateway import distributed_api
 from p2pnode.gateway.app import GatewayApp, serve_gateway
+from p2pnode.net.discovery import Discovery, DiscoveryConfig
 from p2pnode.net.overlay import Overlay
 
 __all__ = ["Node", "NodeAddresses"]
@@ -59,6 +60,17 @@ class Node:
         cfg = self.config
         async with trio.open_nursery() as nursery:
             peer_port = await nursery.start(self.overlay.run)
+            if cfg.mdns:
+                discovery = Discovery(
+                    DiscoveryConfig(interfaces=cfg.mdns_interfaces),
+                    peer_id=self.identity.peer_id,
+                    name=cfg.name,
+                    network=cfg.overlay.network,
+                    port=peer_port,
+                    on_found=lambda advert: self.overlay.dial_hint(advert.peer_id, advert.urls()),
+                )
+                # In the background: registering takes ~1.6 s, and the node is usable through seeds before.
+                nursery.start_soon(discovery.run)
             http_url = await nursery.start(serve_gateway, self.gateway, cfg.http_host, cfg.http_port)
             addresses = NodeAddresses(self.identity.peer_id, peer_port, self.overlay.local_record.record.addrs, http_url)
             # A few hundred bytes on local disk: not worth a worker thread (which would outlive us in trio's cache).

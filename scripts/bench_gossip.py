@@ -216,8 +216,11 @@ class Worker:
         return {"started": started}
 
     async def _watch_mesh(self, overlay: Overlay, others: int) -> None:
-        members = overlay.membership
-        await overlay.wait_until(lambda: sum(m.state is MemberState.ALIVE for m in members) >= others)
+        def complete() -> bool:  # len() first: cheap, and false until every peer is known
+            members = overlay.membership
+            return len(members) >= others and sum(m.state is MemberState.ALIVE for m in members) >= others
+
+        await overlay.wait_until(complete)
         await self.channel.put({"event": "mesh", "peer": overlay.peer_id, "t": time.monotonic()})
 
     async def op_watch(self, command: dict[str, Any]) -> dict[str, Any]:
@@ -330,10 +333,21 @@ def worker_entry(args: argparse.Namespace) -> None:
     overlay_log.addHandler(worker.counter)
     for handler in logging.getLogger().handlers:
         handler.setLevel(args.log_level)
+    profiler = None
+    if args.profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
     try:
         trio.run(worker.main)
     except KeyboardInterrupt:
         sys.exit(130)
+    finally:
+        if profiler is not None:
+            profiler.disable()
+            Path(args.profile).mkdir(parents=True, exist_ok=True)
+            profiler.dump_stats(str(Path(args.profile) / f"{args.worker_name}.prof"))
 
 
 # =============================================================================================================
@@ -361,10 +375,12 @@ class WorkerProcess:
 
     @classmethod
     async def spawn(
-        cls, name: str, board: Board, nursery: trio.Nursery, log_level: str, no_workaround: bool
+        cls, name: str, board: Board, nursery: trio.Nursery, log_level: str, no_workaround: bool,
+        profile: str | None = None,
     ) -> WorkerProcess:
         args = [sys.executable, str(Path(__file__).resolve()), "--worker", "--worker-name", name,
-                "--log-level", log_level, *(["--no-workaround"] if no_workaround else [])]
+                "--log-level", log_level, *(["--no-workaround"] if no_workaround else []),
+                *(["--profile", profile] if profile else [])]
         process = await trio.lowlevel.open_process(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         worker = cls(name, process, board)
         nursery.start_soon(worker._read)
@@ -455,6 +471,8 @@ class Bench:
         self.notes: list[str] = []
         self._wid = 0
         self.workaround_hits: Counter[str] = Counter()
+        self.cpu = CpuMeter(self)
+        self.cpu_phases: dict[str, tuple[float, float, float]] = {}
 
     def progress(self, text: str) -> None:
         print(f"[{time.monotonic() - self.t_origin:7.1f}s] {text}", file=sys.stderr, flush=True)
@@ -525,7 +543,8 @@ class Bench:
                       f"({', '.join(f'{a}={b}' for a, b in self.overrides.items()) or 'default configs'})")
         for i in range(k):
             self.workers.append(
-                await WorkerProcess.spawn(f"w{i}", self.board, nursery, args.log_level, args.no_workaround)
+                await WorkerProcess.spawn(f"w{i}", self.board, nursery, args.log_level, args.no_workaround,
+                                          args.profile)
             )
         shares = [n // k + (1 if i < n % k else 0) for i in range(k)]
         replies = await self.all_call_each(lambda i, w: w.call("prepare", count=shares[i]))
@@ -535,8 +554,11 @@ class Bench:
 
         await self.phase_mesh(shares)
         await self.phase_traffic()
+        cpu_before = self.cpu.sample()
         for round_no in range(1, args.rounds + 1):
             await self.phase_join_and_fail(nursery, round_no)
+        if args.rounds:
+            self.cpu_phases["join/failure rounds"] = self.cpu.between(cpu_before, self.cpu.sample())
 
     async def all_call_each(self, fn) -> list[dict[str, Any]]:  # noqa: ANN001
         replies: list[dict[str, Any] | None] = [None] * len(self.workers)
@@ -551,6 +573,7 @@ class Bench:
 
     async def phase_mesh(self, shares: list[int]) -> None:
         args, n = self.args, self.args.peers
+        cpu_before = self.cpu.sample()
         seed_reply = await self.workers[0].call("start", count=1, index=0, seeds=[], mesh_n=n,
                                                 overrides=self.overrides)
         seed = seed_reply["started"][0]
@@ -577,20 +600,24 @@ class Bench:
                           f"alive min {min(x['alive'] for x in nodes)}/{n - 1}, "
                           f"links mean {statistics.mean(x['links'] for x in nodes):.1f}, "
                           f"{time.monotonic() - t0:.1f} s")
+        self.cpu_phases["mesh formation"] = self.cpu.between(cpu_before, self.cpu.sample())
         times = sorted(e["t"] - t0 for e in self.board.matching("mesh"))
         if len(times) < n:
             self.notes.append(f"mesh did not form within {args.mesh_timeout:.0f} s: {len(times)}/{n} peers complete")
             self.results["mesh"] = None
         else:
             self.results["mesh"] = (statistics.median(times), times[-1])
-        self.progress(f"mesh formed: all peers complete at {times[-1] if times else float('nan'):.2f} s "
-                      f"(half at {statistics.median(times) if times else float('nan'):.2f} s)")
+        if len(times) == n:
+            self.progress(f"mesh formed: all peers complete at {times[-1]:.2f} s (half at {statistics.median(times):.2f} s)")
+        else:
+            self.progress(f"mesh NOT formed after {args.mesh_timeout:.0f} s ({len(times)}/{n} peers complete); "
+                          f"measuring anyway")
 
     async def phase_traffic(self) -> None:
         args = self.args
         self.progress(f"settling {args.settle:.0f} s before the traffic window")
         await trio.sleep(args.settle)
-        cpu_before = _system_cpu()
+        cpu_before = self.cpu.sample()
         before = await self.snapshot(reset=True)
         self.progress(f"measuring gossip traffic for {args.window:.0f} s")
         step = max(1.0, args.window / 4)
@@ -600,7 +627,8 @@ class Bench:
             if time.monotonic() < end - 0.5:
                 self.progress(f"  traffic window: {args.window - (end - time.monotonic()):.0f}/{args.window:.0f} s")
         after = await self.snapshot(reset=True)
-        cpu_after = _system_cpu()
+        cpu_after = self.cpu.sample()
+        self.cpu_phases["traffic window"] = self.cpu.between(cpu_before, cpu_after)
         sent, received = [], []
         for b, a in zip(before, after):
             dt = a["t"] - b["t"]
@@ -609,8 +637,7 @@ class Bench:
                 received.append((na["received"] - nb["received"]) / dt / KB)
         self.results["traffic"] = (statistics.median(sent), max(sent), statistics.mean(sent), statistics.mean(received))
         cpu = [(a["cpu"] - b["cpu"]) / (a["t"] - b["t"]) * 100 for b, a in zip(before, after)]
-        system = (cpu_after[0] - cpu_before[0]) / (cpu_after[1] - cpu_before[1]) * 100 if cpu_before else math.nan
-        self.results["traffic_cpu"] = (cpu, system, [a["lag_p50"] for a in after], [a["lag_max"] for a in after])
+        self.results["traffic_cpu"] = (cpu, [a["lag_p50"] for a in after], [a["lag_max"] for a in after])
         nodes = self.nodes(after)
         self.results["traffic_state"] = (
             min(x["alive"] for x in nodes), statistics.mean(x["links"] for x in nodes),
@@ -713,10 +740,10 @@ class Bench:
         if "traffic" in r:
             lines.append(f"Traffic: mean {r['traffic'][2]:.1f} KB/s sent, {r['traffic'][3]:.1f} KB/s received per node "
                          f"(1 KB = 1024 B; overlay messages only, no websocket framing/pings/handshakes).")
-            cpu, system, lag50, lagmax = r["traffic_cpu"]
+            cpu, lag50, lagmax = r["traffic_cpu"]
             alive_min, links_mean, links_min, links_max = r["traffic_state"]
             lines.append(f"During the traffic window: worker CPU {' / '.join(f'{c:.0f}%' for c in cpu)} "
-                         f"(sum {sum(cpu):.0f}% of {100 * (os.cpu_count() or 1)}%), machine {system:.0f}% busy; "
+                         f"(sum {sum(cpu):.0f}% of {100 * (os.cpu_count() or 1)}%); "
                          f"event-loop lag p50 {1000 * max(lag50):.0f} ms, max {1000 * max(lagmax):.0f} ms; "
                          f"links per node {links_min}-{links_max} (mean {links_mean:.1f}); "
                          f"fewest ALIVE seen by a node {alive_min}/{args.peers - 1}; "
@@ -735,6 +762,14 @@ class Bench:
             hits = ", ".join(f"{k} {v}" for k, v in sorted(self.workaround_hits.items())) or "none fired"
             lines.append(f"Workarounds for two Overlay-crashing bugs (getpeername after reset, pong after close; see "
                          f"_install_workarounds): {hits} in the base peers; each hit is a crash avoided.")
+        if self.cpu_phases:
+            lines.append(f"CPU, cores busy on average (of {os.cpu_count()}): " + "; ".join(
+                f"{phase}: machine {m:.2f} = this benchmark {o:.2f} + other processes {x:.2f}"
+                for phase, (m, o, x) in self.cpu_phases.items()) + ".")
+            foreign = max(x for _, _, x in self.cpu_phases.values())
+            if foreign > 0.15:
+                lines.append(f"WARNING: other processes kept up to {foreign:.2f} cores busy during this run; "
+                             f"the peers had that much less CPU, and the timings suffer from it.")
         lines += [f"Note: {note}" for note in self.notes]
         return "\n".join(lines)
 
@@ -751,15 +786,38 @@ def _fmt_transitions(t: dict[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(t.items())) or "none"
 
 
-def _system_cpu() -> tuple[float, float] | None:
-    try:
+class CpuMeter:
+    """Machine-wide busy CPU versus the CPU of this benchmark's own processes, so that load from anything else on
+    the machine (which skews every timing here) is visible in the report."""
+
+    def __init__(self, bench: Bench) -> None:
         import psutil
 
-        times = psutil.cpu_times()
-        return (times.user + times.system + times.nice + getattr(times, "irq", 0) + getattr(times, "softirq", 0)) \
-            / (psutil.cpu_count() or 1), time.monotonic()
-    except ImportError:
-        return None
+        self._psutil = psutil
+        self._bench = bench
+        self._last: dict[int, float] = {}  # pid -> CPU seconds last seen (kept after the process is gone)
+
+    def sample(self) -> tuple[float, float, float]:
+        """(monotonic time, busy CPU seconds of the machine, CPU seconds of our processes)."""
+        times = self._psutil.cpu_times()
+        busy = sum(getattr(times, f, 0.0) for f in ("user", "nice", "system", "irq", "softirq", "steal"))
+        own = time.process_time()
+        for worker in self._bench.workers + self._bench.extra:
+            pid = worker.process.pid
+            if worker.process.returncode is None:
+                try:
+                    cpu = self._psutil.Process(pid).cpu_times()
+                    self._last[pid] = cpu.user + cpu.system
+                except self._psutil.Error:
+                    pass
+        return time.monotonic(), busy, own + sum(self._last.values())
+
+    @staticmethod
+    def between(a: tuple[float, float, float], b: tuple[float, float, float]) -> tuple[float, float, float]:
+        """(machine, ours, others) in cores busy on average between two samples."""
+        dt = b[0] - a[0]
+        machine, ours = (b[1] - a[1]) / dt, (b[2] - a[2]) / dt
+        return machine, ours, max(0.0, machine - ours)
 
 
 def _s(value: float) -> str:
@@ -799,6 +857,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--log-level", default="WARNING", help="log level of the peers (stderr; default WARNING)")
     parser.add_argument("--no-workaround", action="store_true",
                         help="do not patch around two crashes in p2pnode/trio-websocket (see _install_workarounds)")
+    parser.add_argument("--profile", metavar="DIR", default=None,
+                        help="run each worker under cProfile and write DIR/<worker>.prof (slows the peers down)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--worker-name", default="w", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

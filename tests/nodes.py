@@ -13,17 +13,22 @@ import trio
 
 
 class NodeProcess:
-    def __init__(self, data_dir: Path, name: str, *extra: str) -> None:
+    def __init__(self, data_dir: Path, name: str, *extra: str, command: list[str] | None = None,
+                 http_url: str | None = None) -> None:
         self.data_dir = data_dir
         self.name = name
-        self.extra = extra
+        self.command = command or [
+            sys.executable, "-m", "p2pnode", "run", "--data-dir", str(data_dir), "--name", name,
+            "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--no-mdns", "--backend", "none", *extra,
+        ]
+        self._http_url = http_url  # where the harness reaches the gateway, when not where the node says
         self.process: trio.Process | None = None
         self.log: list[str] = []
         self.info: dict = {}
 
     @property
     def http_url(self) -> str:
-        return self.info["http_url"]
+        return self._http_url or self.info["http_url"]
 
     @property
     def peer_url(self) -> str:
@@ -35,11 +40,9 @@ class NodeProcess:
 
     async def start(self, nursery: trio.Nursery) -> None:
         """Start the process and return once its gateway answers (its "ready" log line was written)."""
-        command = [
-            sys.executable, "-m", "p2pnode", "run", "--data-dir", str(self.data_dir), "--name", self.name,
-            "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--no-mdns", "--backend", "none", *self.extra,
-        ]
-        self.process = await trio.lowlevel.open_process(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.process = await trio.lowlevel.open_process(
+            self.command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         ready = trio.Event()
         nursery.start_soon(self._drain_log, ready)
         with trio.fail_after(20):

@@ -33,6 +33,20 @@ _PROTOBUF_ED25519_PREFIX = b"\x08\x01\x12\x20"
 _MULTIHASH_PREFIX = b"\x00\x24" + _PROTOBUF_ED25519_PREFIX
 _PEER_ID_BYTES = len(_MULTIHASH_PREFIX) + 32
 MAX_PEER_ID_CHARS = 64
+# Encodings (sign bit cleared) of the Ed25519 points of small order, and of non-canonical 0/1 (p-1, p, p+1):
+# a "public key" among them verifies signatures nobody made, so no peer id may carry one (libsodium's list).
+_SMALL_ORDER_KEYS = frozenset(
+    bytes.fromhex(h)
+    for h in (
+        "00" * 32,
+        "01" + "00" * 31,
+        "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+        "ec" + "ff" * 30 + "7f",
+        "ed" + "ff" * 30 + "7f",
+        "ee" + "ff" * 30 + "7f",
+    )
+)
 
 
 def b58encode(data: bytes) -> str:
@@ -72,7 +86,10 @@ def _public_key_object(peer_id: str) -> Ed25519PublicKey:
     raw = b58decode(peer_id)
     if len(raw) != _PEER_ID_BYTES or not raw.startswith(_MULTIHASH_PREFIX):
         raise DecodeError(f"not an Ed25519 identity peer id: {peer_id[:16]!r}")
-    return Ed25519PublicKey.from_public_bytes(raw[len(_MULTIHASH_PREFIX) :])
+    key = raw[len(_MULTIHASH_PREFIX) :]
+    if key[:31] + bytes([key[31] & 0x7F]) in _SMALL_ORDER_KEYS:
+        raise DecodeError("peer id holds a weak (small-order) Ed25519 key")
+    return Ed25519PublicKey.from_public_bytes(key)
 
 
 def public_key_from_peer_id(peer_id: str) -> bytes:

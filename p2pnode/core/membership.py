@@ -56,6 +56,7 @@ class MembershipConfig:
     stale_after: float = 60.0  # seconds without a newer record before an ALIVE member becomes SUSPECT
     suspicion_timeout: float = 2.0  # seconds a SUSPECT member has to refute before it is OFFLINE
     forget_after: float = 600.0  # seconds an OFFLINE or LEFT member stays listed
+    record_grace: float = 30.0  # a forgotten member's seq is kept until its record expired + this (clock skew)
     max_members: int = 4096  # bound on the table; records of new peers beyond it are refused
 
 
@@ -81,6 +82,7 @@ class Outcome:
 
     fresh: bool = False  # our view changed: forward the statement to others
     refute: bool = False  # someone doubts us or holds a newer record of ours: issue a new record now
+    outbid: int = 0  # when refuting, the seq our new record must beat
     joined: str | None = None  # peer id seen for the first time
     state: MemberState | None = None  # the member's new state, when it changed
 
@@ -103,6 +105,9 @@ class Membership:
     local: SignedRecord
     config: MembershipConfig = field(default_factory=MembershipConfig)
     _members: dict[str, Member] = field(default_factory=dict)
+    # Forgotten members: peer id -> (last seq, local time until which copies of that record may still circulate).
+    # Without them, a peer that has not forgotten yet would hand the old record back as a "new" member.
+    _tombstones: dict[str, tuple[int, float]] = field(default_factory=dict)
 
     @property
     def self_id(self) -> str:
@@ -129,23 +134,28 @@ class Membership:
         return digest
 
     def newer_than(self, digest: Mapping[str, int]) -> list[bytes]:
-        """Envelopes we hold that the owner of ``digest`` lacks or holds an older copy of."""
-        out = [m.signed.envelope for pid, m in self._members.items() if digest.get(pid, -1) < m.seq]
+        """Envelopes we hold that the owner of ``digest`` lacks or holds an older copy of. Records of OFFLINE
+        members are not handed out: a record carries no liveness, so a joiner would take them as alive."""
+        out = [
+            m.signed.envelope
+            for pid, m in self._members.items()
+            if digest.get(pid, -1) < m.seq and m.state is not MemberState.OFFLINE
+        ]
         if digest.get(self.self_id, -1) < self.local.record.seq:
             out.append(self.local.envelope)
         return out
 
     def wanted_from(self, digest: Mapping[str, int], limit: int) -> list[str]:
         """Peer ids whose record in ``digest`` is newer than ours (or unknown to us), at most ``limit``."""
-        wanted = []
+        wanted: list[str] = []
         for peer_id, seq in digest.items():
+            if len(wanted) >= limit:
+                break
             if peer_id == self.self_id:
                 continue
             held = self._members.get(peer_id)
             if held is None or held.seq < seq:
                 wanted.append(peer_id)
-                if len(wanted) >= limit:
-                    break
         return wanted
 
     # ---- inputs --------------------------------------------------------------------------------------------
@@ -160,13 +170,18 @@ class Membership:
         record = signed.record
         if record.peer_id == self.self_id:
             if record.seq > self.local.record.seq:
-                return Outcome(refute=True)  # an older incarnation of us is still gossiped: outbid it
+                # An older incarnation of us (before a restart, or a clock step back) is still gossiped: outbid it.
+                return Outcome(refute=True, outbid=record.seq)
             raise StaleRecord("our own record")
         member = self._members.get(record.peer_id)
         state = MemberState.LEFT if record.status is NodeStatus.LEFT else MemberState.ALIVE
         if member is None:
+            tombstone = self._tombstones.get(record.peer_id)
+            if tombstone is not None and record.seq <= tombstone[0]:
+                raise StaleRecord(f"seq {record.seq} of a forgotten member is not newer than {tombstone[0]}")
             if len(self._members) >= self.config.max_members:
                 raise StaleRecord(f"peer table full ({self.config.max_members} members)")
+            self._tombstones.pop(record.peer_id, None)
             self._members[record.peer_id] = Member(signed, state, now, now)
             return Outcome(fresh=True, joined=record.peer_id, state=state)
         if record.seq <= member.seq:
@@ -178,7 +193,9 @@ class Membership:
     def apply_notice(self, signed: SignedNotice, now: float) -> Outcome:
         notice = signed.notice
         if notice.target == self.self_id:
-            return Outcome(refute=notice.seq >= self.local.record.seq)
+            if notice.seq >= self.local.record.seq:
+                return Outcome(refute=True, outbid=notice.seq)
+            return Outcome()  # about a record we already replaced
         member = self._members.get(notice.target)
         if member is None or notice.issuer == notice.target or notice.seq < member.seq:
             return Outcome()  # unknown target, or already refuted by a newer record
@@ -211,7 +228,13 @@ class Membership:
                 changes.append((member.peer_id, self._move(member, MemberState.OFFLINE, now)))
             elif member.state in (MemberState.OFFLINE, MemberState.LEFT) and now - member.state_since >= cfg.forget_after:
                 del self._members[member.peer_id]
+                until = member.refreshed_at + member.signed.record.lifetime + cfg.record_grace
+                if until > now and len(self._tombstones) < cfg.max_members:
+                    self._tombstones[member.peer_id] = (member.seq, until)
                 changes.append((member.peer_id, None))
+        for peer_id, (_, until) in list(self._tombstones.items()):
+            if until <= now:
+                del self._tombstones[peer_id]
         return changes
 
     @staticmethod

@@ -7,8 +7,9 @@ import socket
 
 
 def advertised_urls(host: str, port: int) -> tuple[str, ...]:
-    """The ws:// URLs peers can dial us at. A wildcard listener is expanded to every interface address,
-    LAN addresses first and loopback last (peers on the same machine still reach us)."""
+    """The ws:// URLs peers can dial us at. A wildcard listener is expanded to every non-loopback interface
+    address: a loopback address in a record would lead every other host back to itself. Loopback is used only
+    when the machine has nothing else."""
     if host not in ("0.0.0.0", "::", ""):
         return (_url(host, port),)
     lan: list[str] = []
@@ -21,7 +22,7 @@ def advertised_urls(host: str, port: int) -> tuple[str, ...]:
             if ip.is_link_local:
                 continue
             (loopback if ip.is_loopback else lan).append(_url(str(ip), port))
-    return tuple(dict.fromkeys(lan + loopback)) or (_url("127.0.0.1", port),)
+    return tuple(dict.fromkeys(lan or loopback)) or (_url("127.0.0.1", port),)
 
 
 def _url(host: str, port: int) -> str:

@@ -86,9 +86,11 @@ class Gossip:
             **fields,
         )
 
-    def issue(self, status: NodeStatus | None = None) -> SignedRecord:
-        """Sign and spread a new record of ours (``status`` overrides what ``describe()`` says)."""
-        record = self._make_record(next_seq(self.membership.local.record.seq, self._wall()), status)
+    def issue(self, status: NodeStatus | None = None, *, beat: int = 0) -> SignedRecord:
+        """Sign and spread a new record of ours (``status`` overrides what ``describe()`` says) whose seq is
+        above our last one and above ``beat``."""
+        seq = next_seq(max(self.membership.local.record.seq, beat), self._wall())
+        record = self._make_record(seq, status)
         signed = seal_record(self.identity, record)
         self.membership.set_local(signed)
         self.queue.push(("record", self.identity.peer_id), signed.envelope)
@@ -120,7 +122,7 @@ class Gossip:
                 continue
             if outcome.refute:
                 log.info("refuting a suspicion about us with a newer record")
-                self.issue()
+                self.issue(beat=outcome.outbid)
             if outcome.fresh:
                 self.queue.push(subject, envelope, supersedes=supersedes)
                 self._on_change()

@@ -17,7 +17,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -204,23 +204,25 @@ class Overlay:
             link.send_nowait(self.gossip.sync_request())
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._guard, link, link.run_writer)
-                nursery.start_soon(self._guard, link, self._probe_link, link)
-                await self._guard(link, self._read_link, link)
-                nursery.cancel_scope.cancel()
+                for task in (link.run_writer, self._probe_link, self._read_link):
+                    nursery.start_soon(self._guard, link, task, nursery.cancel_scope)
         finally:
             self._unregister(link)
 
-    async def _guard(self, link: PeerLink, fn: Callable[..., Any], *args: Any) -> None:
-        """Run one of a link's tasks; a peer failure or protocol violation ends the link, nothing more."""
+    async def _guard(self, link: PeerLink, task: Callable[..., Any], link_scope: trio.CancelScope) -> None:
+        """Run one of a link's three tasks (write, probe, read). When any ends, for whatever reason, the link
+        ends: a peer failure or protocol violation is logged and answered with a close code, nothing more."""
         try:
-            await fn(*args)
+            await (task() if task == link.run_writer else task(link))
         except RemoteProtocolError as exc:
             self.gossip.note_garbage(link.peer_id, exc)
             await link.aclose(exc.close_code, str(exc))
         except PeerError as exc:
             log.debug("%r ended: %s", link, exc)
             await link.aclose(CloseCode.TIMEOUT, str(exc))
+        finally:
+            # A half-closed websocket can wait forever on a silent peer: end the other tasks ourselves.
+            link_scope.cancel()
 
     async def _read_link(self, link: PeerLink) -> None:
         while True:
@@ -264,14 +266,8 @@ class Overlay:
         if member is None or peer_id in self._dialing:
             return
         self._dialing.add(peer_id)
-        for url in member.signed.record.addrs:
-            try:
-                await self._dial_and_run(peer_id, url)
-                return
-            except (PeerError, RemoteProtocolError):
-                continue
-        self._dialing.discard(peer_id)
-        self._observe(peer_id, NoticeKind.DEAD, "peer %s does not answer at its addresses: offline")
+        if not await self._dial_and_run(peer_id, member.signed.record.addrs, respect_back_off=False):
+            self._observe(peer_id, NoticeKind.DEAD, "peer %s does not answer at its addresses: offline")
 
     async def _say_goodbye(self, link: PeerLink, goodbye: Rumors) -> None:
         await self._send_quietly(link, goodbye)
@@ -286,21 +282,39 @@ class Overlay:
 
     # ---- dialling ------------------------------------------------------------------------------------------
 
-    async def _dial_and_run(self, key: str, url: str) -> None:
-        """Dial ``url`` and serve the link until it closes; ``key`` marks the attempt in progress."""
+    def dial_hint(self, peer_id: str, urls: Sequence[str]) -> None:
+        """A peer found outside gossip (mDNS): dial it unless a link to it exists or is being made."""
+        self._start_dial(peer_id, urls)
+
+    async def _dial_and_run(self, key: str, urls: Sequence[str], *, respect_back_off: bool = True) -> bool:
+        """Dial the first of ``urls`` that answers and serve the link until it closes. ``key`` (a peer id or a
+        seed URL) marks the attempt in progress. Returns whether the peer was reached: a link to it, or a refusal
+        from it (full, duplicate, ...); reaching another peer or ourselves at one of its old addresses is not."""
+        peers = self.config.peers
         try:
-            peers = self.config.peers
-            async with dial(url, self._handshake, self.membership.local, wall_now=self._wall, outbox=peers.outbox) as link:
-                self._retry_at.pop(url, None)
-                self._dialing.discard(key)
-                await self._run_link(link)
-        except PeerRejected as exc:
-            log.debug("dial %s refused: %s", url, exc)
-            self._back_off(url)
-        except (PeerError, RemoteProtocolError) as exc:
-            log.debug("dial %s failed: %s", url, exc)
-            self._back_off(url)
-            raise
+            for url in urls:
+                if respect_back_off and not self._may_dial(url):
+                    continue
+                reached = False
+                try:
+                    async with dial(url, self._handshake, self.membership.local, wall_now=self._wall, outbox=peers.outbox) as link:
+                        reached = link.peer_id == key  # seeds are keyed by URL; their result is unused
+                        self._retry_at.pop(url, None)
+                        self._dialing.discard(key)
+                        await self._run_link(link)
+                    if reached:
+                        return True
+                except PeerRejected as exc:
+                    log.debug("dial %s refused: %s", url, exc)
+                    self._back_off(url)
+                    if exc.code != CloseCode.SELF:
+                        return True  # it answered, and said no (full, duplicate, other network, ...)
+                except (PeerError, RemoteProtocolError) as exc:
+                    if reached:
+                        return True  # the link worked; only closing it failed
+                    log.debug("dial %s failed: %s", url, exc)
+                    self._back_off(url)
+            return False
         finally:
             self._dialing.discard(key)
 
@@ -321,27 +335,21 @@ class Overlay:
             now = trio.current_time()
             if not self._links:
                 for url in self.config.seeds:
-                    self._start_dial(url, url)
+                    self._start_dial(url, (url,))
             alive = [m for m in self.membership.alive() if m.peer_id not in self._links]
             missing = peers.target_peers - len(self._links) - len(self._dialing)
             for member in self._rng.sample(alive, min(max(missing, 0), len(alive))):
-                self._start_dial(member.peer_id, *member.signed.record.addrs[:1])
+                self._start_dial(member.peer_id, member.signed.record.addrs)
             if now >= next_heal:
                 next_heal = now + peers.heal_interval
                 down = [m for m in self.membership if m.state in (MemberState.SUSPECT, MemberState.OFFLINE)]
                 if down:
                     member = self._rng.choice(down)
-                    self._start_dial(member.peer_id, *member.signed.record.addrs[:1])
+                    self._start_dial(member.peer_id, member.signed.record.addrs)
             await trio.sleep(0.5 + 0.5 * self._rng.random())
 
-    def _start_dial(self, key: str, url: str | None = None) -> None:
-        if url is None or key in self._dialing or key in self._links or not self._may_dial(url):
+    def _start_dial(self, key: str, urls: Sequence[str]) -> None:
+        if not urls or key in self._dialing or key in self._links or not any(map(self._may_dial, urls)):
             return
         self._dialing.add(key)
-        self._nursery.start_soon(self._dial_quietly, key, url)
-
-    async def _dial_quietly(self, key: str, url: str) -> None:
-        try:
-            await self._dial_and_run(key, url)
-        except (PeerError, RemoteProtocolError):
-            pass  # logged by _dial_and_run; the maintain loop tries again after the back-off
+        self._nursery.start_soon(self._dial_and_run, key, tuple(urls))

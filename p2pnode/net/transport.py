@@ -86,6 +86,8 @@ class PeerLink:
         self.record = record  # the peer's record as presented in the handshake
         self.initiator = initiator  # True when we dialled
         self._ws = ws
+        self.remote_address = _endpoint(ws)
+        self._local_close: int | None = None  # the code we closed with, if we closed first
         self._send_channel, self._receive_channel = trio.open_memory_channel[bytes](outbox)
         self._bytes_sent = self._bytes_received = self._sent = self._received = self._dropped = 0
 
@@ -93,11 +95,11 @@ class PeerLink:
         return f"PeerLink({short_id(self.peer_id)}, {'out' if self.initiator else 'in'})"
 
     @property
-    def remote_address(self) -> str:
-        return str(self._ws.remote)
-
-    @property
     def close_code(self) -> int | None:
+        """Why the link ended: the code we closed with if we closed first, else the peer's (1006 when the
+        connection just died); ``None`` while it is open."""
+        if self._local_close is not None:
+            return self._local_close
         return self._ws.closed.code if self._ws.closed else None
 
     def send_nowait(self, message: Message) -> bool:
@@ -142,6 +144,8 @@ class PeerLink:
                 await self._ws.ping()
 
     async def aclose(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        if self._local_close is None and self._ws.closed is None:
+            self._local_close = code
         self._send_channel.close()
         with trio.move_on_after(1) as scope:
             scope.shield = True
@@ -220,6 +224,14 @@ async def _close(ws: WebSocketConnection, code: int, reason: str) -> None:
         await ws.aclose(code, reason[:120])
 
 
+def _endpoint(ws: WebSocketConnection) -> str:
+    """The remote address, read while the socket is open (reading it after a close raises)."""
+    try:
+        return str(ws.remote)
+    except OSError:
+        return "(closed)"
+
+
 def parse_peer_url(url: str) -> tuple[str, int]:
     """``ws://HOST:PORT`` (path optional) -> (host, port); :class:`ValueError` with a readable reason otherwise."""
     parts = urlsplit(url)
@@ -275,10 +287,11 @@ async def serve_peers(
             await request.reject(404, body=b"not a dcn peer endpoint\n")
             return
         ws = await request.accept()
+        remote = _endpoint(ws)
         try:
             link = await handshake(ws, config, local_record(), initiator=False, wall_now=wall_now, outbox=outbox)
         except (RemoteProtocolError, PeerRejected, PeerUnreachable, PeerTimeout) as exc:
-            log.info("inbound handshake from %s failed: %s", ws.remote, exc)
+            log.info("inbound handshake from %s failed: %s", remote, exc)
             return
         await handler(link)
 

@@ -624,6 +624,7 @@ def test_open_envelope_on_signed_arbitrary_notice_bodies_raises_only_protocol_er
     check_open(crafted(body, payload_type=payload_type))
 
 
+@pytest.mark.slow
 @FUZZ
 @given(st.binary(max_size=200), st.text(max_size=20))
 def test_open_envelope_on_signed_arbitrary_payload_bytes_raises_only_protocol_errors(payload, payload_type):

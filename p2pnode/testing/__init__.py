@@ -1,0 +1,1 @@
+"""Test kit shipped with dcn (as trio ships ``trio.testing``): network-namespace labs for real LAN tests."""

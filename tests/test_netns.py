@@ -1,0 +1,114 @@
+"""Real mDNS discovery between real hosts: network namespaces on a bridge, one `dcn-node run` each, no seeds.
+
+Needs root and iproute2. Outside CI a machine without them skips these tests, saying why; in CI (CI=true) they
+must run, so a missing capability fails instead."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+import trio
+
+from p2pnode.testing.netns import Lab, lab_unavailable_reason, node_command
+from tests.nodes import NodeProcess, eventually
+
+pytestmark = [pytest.mark.slow, pytest.mark.netns]
+
+_REASON = lab_unavailable_reason()
+if _REASON and os.environ.get("CI") != "true":
+    pytestmark.append(pytest.mark.skip(reason=_REASON))
+
+
+@pytest.fixture
+def lab_factory():
+    labs = []
+
+    def make(hosts: int) -> Lab:
+        assert _REASON is None, f"CI must run the network-namespace tests: {_REASON}"
+        lab = Lab(hosts).__enter__()
+        labs.append(lab)
+        return lab
+
+    yield make
+    for lab in labs:
+        lab.destroy()
+
+
+async def start_hosts(nursery, lab: Lab, tmp_path, *extra_per_host) -> list[NodeProcess]:
+    nodes = []
+    for host in lab.hosts:
+        extra = extra_per_host[host.index] if extra_per_host else ()
+        data_dir = tmp_path / f"host{host.index}"
+        node = NodeProcess(
+            data_dir, f"host{host.index}", command=node_command(host, data_dir, *extra),
+            http_url=f"http://{host.address}:11435",
+        )
+        await node.start(nursery)
+        nodes.append(node)
+    return nodes
+
+
+async def online_everywhere(nodes: list[NodeProcess], count: int) -> bool:
+    for node in nodes:
+        if (await node.get("/api/distributed/stats"))["online_nodes"] != count:
+            return False
+    return True
+
+
+async def stop(nodes: list[NodeProcess]) -> None:
+    for node in nodes:
+        node.kill(signal.SIGTERM)
+    for node in nodes:
+        assert await node.wait_exit() == 0
+
+
+async def test_three_hosts_find_each_other_without_seeds(nursery, tmp_path, lab_factory):
+    lab = lab_factory(3)
+    nodes = await start_hosts(nursery, lab, tmp_path)
+    await eventually(lambda: online_everywhere(nodes, 3), timeout=30)
+    # The first host had registered before the others started: they can only have found it by mDNS.
+    assert any("mDNS: advertising" in line for line in nodes[0].log), "\n".join(nodes[0].log)
+    await stop(nodes)
+
+
+async def test_a_partitioned_host_goes_offline_and_returns_when_its_link_does(nursery, tmp_path, lab_factory):
+    lab = lab_factory(3)
+    nodes = await start_hosts(nursery, lab, tmp_path)
+    await eventually(lambda: online_everywhere(nodes, 3), timeout=30)
+    cut_off, others = nodes[2], nodes[:2]
+
+    async def others_report(status: str) -> bool:
+        for node in others:
+            if (await node.statuses()).get(cut_off.peer_id) != status:
+                return False
+        return True
+
+    lab.cut(lab.hosts[2])
+    await eventually(lambda: others_report("offline"), timeout=30)
+    lab.restore(lab.hosts[2])
+    await eventually(lambda: online_everywhere(nodes, 3), timeout=30)
+    assert await others_report("online")
+    await stop(nodes)
+
+
+async def test_a_node_with_another_network_key_is_not_joined(nursery, tmp_path, lab_factory):
+    lab = lab_factory(3)
+    keys = []
+    for name, fill in (("ours", 1), ("theirs", 2)):
+        path = tmp_path / f"{name}.key"
+        path.write_bytes(bytes([fill]) * 32)
+        keys.append(str(path))
+    extra = [("--network-key", keys[0]), ("--network-key", keys[0]), ("--network-key", keys[1])]
+    nodes = await start_hosts(nursery, lab, tmp_path, *extra)
+    await eventually(lambda: online_everywhere(nodes[:2], 2), timeout=30)
+    # The stranger had the same chance to find us; it must still be alone, and unknown to us.
+    stranger = nodes[2]
+    with trio.move_on_after(3):
+        await eventually(lambda: online_everywhere([stranger], 2), timeout=3)
+    assert (await stranger.get("/api/distributed/stats"))["total_nodes"] == 1
+    for node in nodes[:2]:
+        assert stranger.peer_id not in await node.statuses()
+    assert any("another network" in line for line in stranger.log)
+    await stop(nodes)
