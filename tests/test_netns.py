@@ -112,3 +112,34 @@ async def test_a_node_with_another_network_key_is_not_joined(nursery, tmp_path, 
         assert stranger.peer_id not in await node.statuses()
     assert any("another network" in line for line in stranger.log)
     await stop(nodes)
+
+
+async def test_same_names_an_interface_flap_and_a_new_address_are_all_handled(nursery, tmp_path, lab_factory):
+    """Real-world faults: two nodes with one name; an interface going down and up; a node that restarts with
+    another address. The network ends up whole each time, without restarting anyone else."""
+    lab = lab_factory(3)
+    same_name = [("--name", "twin"), ("--name", "twin"), ()]
+    nodes = await start_hosts(nursery, lab, tmp_path, *same_name)
+    await eventually(lambda: online_everywhere(nodes, 3), timeout=30)
+
+    flapping = lab.hosts[1]
+    lab.flap(flapping)  # eth0 down and up inside the host: its IPv6 link-local address is renewed
+    await eventually(lambda: online_everywhere(nodes, 3), timeout=30)
+
+    mover = nodes[2]
+    mover.kill(signal.SIGKILL)
+    await mover.wait_exit()
+    new_address = lab.readdress(lab.hosts[2])
+    moved = NodeProcess(
+        mover.data_dir, "host2", command=node_command(lab.hosts[2], mover.data_dir),
+        http_url=f"http://{new_address}:11435",
+    )
+    await moved.start(nursery)
+    assert moved.peer_id == mover.peer_id
+    nodes[2] = moved
+    await eventually(lambda: online_everywhere(nodes, 3), timeout=30)
+    for node in nodes[:2]:
+        peers = (await node.get("/api/distributed/nodes"))["nodes"]
+        addresses = next(p["addresses"] for p in peers if p["node_id"] == moved.peer_id)
+        assert addresses == [f"ws://{new_address}:11436"]
+    await stop(nodes)

@@ -219,7 +219,8 @@ class Overlay:
             await link.aclose(exc.close_code, str(exc))
         except PeerError as exc:
             log.debug("%r ended: %s", link, exc)
-            await link.aclose(CloseCode.TIMEOUT, str(exc))
+            # The peer is gone or mute: do not wait long for a close reply that will not come.
+            await link.aclose(CloseCode.TIMEOUT, str(exc), timeout=0.1)
         finally:
             # A half-closed websocket can wait forever on a silent peer: end the other tasks ourselves.
             link_scope.cancel()

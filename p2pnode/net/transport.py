@@ -143,11 +143,12 @@ class PeerLink:
             with trio.fail_after(timeout):
                 await self._ws.ping()
 
-    async def aclose(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+    async def aclose(self, code: int = CloseCode.NORMAL, reason: str = "", *, timeout: float = 1.0) -> None:
+        """Close with ``code``, waiting at most ``timeout`` for the peer's close reply."""
         if self._local_close is None and self._ws.closed is None:
             self._local_close = code
         self._send_channel.close()
-        with trio.move_on_after(1) as scope:
+        with trio.move_on_after(timeout) as scope:
             scope.shield = True
             await self._ws.aclose(code, reason[:120])
 

@@ -113,6 +113,21 @@ class Lab:
     def restore(self, host: LabHost) -> None:
         _ip("link", "set", host.port_name, "up")
 
+    def flap(self, host: LabHost) -> None:
+        """Take the host's own interface down and up again (a cable pulled and plugged back)."""
+        _ip("link", "set", "eth0", "down", netns=host.netns)
+        _ip("link", "set", "eth0", "up", netns=host.netns)
+        _ip("route", "replace", "224.0.0.0/4", "dev", "eth0", netns=host.netns)
+
+    def readdress(self, host: LabHost) -> str:
+        """Give the host a new IPv4 address (as DHCP might after a reboot); returns it."""
+        new = f"198.18.{self.subnet}.{101 + host.index}"
+        _ip("addr", "del", f"{host.address}/24", "dev", "eth0", netns=host.netns)
+        _ip("addr", "add", f"{new}/24", "dev", "eth0", netns=host.netns)
+        _ip("route", "replace", "224.0.0.0/4", "dev", "eth0", netns=host.netns)
+        host.address = new
+        return new
+
     def destroy(self) -> None:
         for host in self.hosts:
             subprocess.run(["ip", "netns", "pids", host.netns], capture_output=True)
