@@ -277,6 +277,7 @@ def _local_gateway(data_dir: Path) -> str:
 def _run(config: NodeConfig) -> int:
     import trio
 
+    from p2pnode.net._errors import first_leaf
     from p2pnode.node import Node
 
     identity = keystore.load_or_create_identity(config.data_dir)
@@ -295,6 +296,6 @@ def _run(config: NodeConfig) -> int:
     try:
         trio.run(serve)
     except* ConfigError as group:
-        raise group.exceptions[0] from None
+        raise first_leaf(group) from None
     log.info("stopped")
     return 0

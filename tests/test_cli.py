@@ -111,3 +111,23 @@ def test_status_without_a_running_node_says_what_to_do(tmp_path):
     )
     assert result.returncode == 1
     assert "Is `dcn-node run` running?" in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("flag", "message"), [("--listen", "cannot listen for peers"), ("--http", "cannot serve the gateway")])
+def test_a_port_in_use_is_named_with_the_flag_that_changes_it(flag, message, tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        other = "--http" if flag == "--listen" else "--listen"
+        result = subprocess.run(
+            [sys.executable, "-m", "p2pnode", "run", "--data-dir", str(tmp_path), "--no-mdns", "--backend", "none",
+             flag, f"127.0.0.1:{port}", other, "127.0.0.1:0"],
+            capture_output=True, text=True, timeout=30,
+        )
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("dcn-node: error:") and message in last and f"choose another address with {flag}" in last

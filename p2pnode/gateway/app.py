@@ -15,6 +15,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
 from p2pnode.errors import GatewayError
+from p2pnode.net._errors import naming_bind_errors
 
 __all__ = ["GatewayApp", "JSONResponse", "Request", "serve_gateway"]
 
@@ -149,5 +150,6 @@ async def serve_gateway(
         await serve(app, config, task_status=task_status, mode="asgi")
 
     async with trio.open_nursery() as nursery:
-        binds = await nursery.start(run)
+        with naming_bind_errors(f"cannot serve the gateway on {host}:{port}", "--http"):
+            binds = await nursery.start(run)
         task_status.started(binds[0])

@@ -34,7 +34,7 @@ from p2pnode.errors import (
     PeerUnreachable,
     RemoteProtocolError,
 )
-from p2pnode.net._errors import map_exceptions
+from p2pnode.net._errors import map_exceptions, naming_bind_errors as _naming
 
 __all__ = ["CloseCode", "HandshakeConfig", "LinkStatistics", "PeerLink", "dial", "parse_peer_url", "serve_peers"]
 
@@ -297,18 +297,19 @@ async def serve_peers(
         await handler(link)
 
     async with trio.open_nursery() as nursery:
-        server = await nursery.start(
-            lambda task_status: trio_websocket.serve_websocket(
-                on_request,
-                host,
-                port,
-                None,
-                handler_nursery=nursery,
-                max_message_size=config.limits.max_message_bytes,
-                connect_timeout=config.timeout,
-                disconnect_timeout=1,
-                task_status=task_status,
+        with _naming(f"cannot listen for peers on {host}:{port}", "--listen"):
+            server = await nursery.start(
+                lambda task_status: trio_websocket.serve_websocket(
+                    on_request,
+                    host,
+                    port,
+                    None,
+                    handler_nursery=nursery,
+                    max_message_size=config.limits.max_message_bytes,
+                    connect_timeout=config.timeout,
+                    disconnect_timeout=1,
+                    task_status=task_status,
+                )
             )
-        )
         task_status.started(server.port)
 
