@@ -13,6 +13,11 @@
     │   ├── PeerUnreachable         could not connect, or the link died
     │   ├── PeerTimeout             no answer before the deadline
     │   └── PeerRejected            the peer refused us (close code and reason)
+    ├── BackendError                the local LLM server failed a call (status_hint for the gateway)
+    │   ├── BackendUnavailable      not answering (connection refused, died mid-stream)
+    │   ├── BackendTimeout          no answer, or no next chunk, before the deadline
+    │   ├── BackendRejected         it refused the request (unknown model 404, bad request 400, too long)
+    │   └── BackendProtocolError    it answered something malformed (bad JSON line, broken SSE)
     └── GatewayError                an HTTP request we must refuse (status_hint)
 
 Library errors (trio, trio-websocket, msgpack, cryptography) are translated into this tree at the edges,
@@ -22,6 +27,11 @@ in ``p2pnode.net`` and ``p2pnode.core.wire``, and chained with ``raise ... from 
 from __future__ import annotations
 
 __all__ = [
+    "BackendError",
+    "BackendProtocolError",
+    "BackendRejected",
+    "BackendTimeout",
+    "BackendUnavailable",
     "BadSignature",
     "ConfigError",
     "DecodeError",
@@ -98,6 +108,36 @@ class PeerRejected(PeerError):
         super().__init__(message)
         self.code = code
         self.reason = reason
+
+
+class BackendError(P2PNodeError):
+    """A call to a local LLM server failed; ``status_hint`` is what a gateway would answer."""
+
+    status_hint = 502
+
+
+class BackendUnavailable(BackendError):
+    """The server does not answer: connection refused or reset, or it died mid-stream."""
+
+    status_hint = 503
+
+
+class BackendTimeout(BackendError):
+    """No answer, or no next chunk, before the deadline."""
+
+    status_hint = 504
+
+
+class BackendRejected(BackendError):
+    """The server refused the request: unknown model, bad parameters, prompt longer than the context."""
+
+    def __init__(self, message: str, *, status_hint: int = 400) -> None:
+        super().__init__(message)
+        self.status_hint = status_hint
+
+
+class BackendProtocolError(BackendError):
+    """The server answered something we cannot read: a malformed JSON line or SSE event."""
 
 
 class GatewayError(P2PNodeError):

@@ -136,9 +136,9 @@ async def _lifespan(receive: Callable, send: Callable) -> None:
 
 
 async def serve_gateway(
-    app: GatewayApp, host: str, port: int, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+    app: Callable, host: str, port: int, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    """Serve ``app`` with hypercorn's trio worker on ``host:port``; reports the base URL it listens on."""
+    """Serve the ASGI ``app`` with hypercorn's trio worker on ``host:port``; reports the base URL it listens on."""
     config = HypercornConfig()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None
