@@ -8,13 +8,15 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import psutil
 import trio
 
 from p2pnode import keystore
+from p2pnode.backends.base import BackendConfig
+from p2pnode.backends.local import ComputeConfig, LocalCompute
+from p2pnode.backends.resources import probe_resources
+from p2pnode.backends.select import select_backends
 from p2pnode.config import NodeConfig
 from p2pnode.core.identity import Identity, short_id
-from p2pnode.errors import ConfigError
 from p2pnode.gateway import distributed_api
 from p2pnode.gateway.app import GatewayApp, serve_gateway
 from p2pnode.net.discovery import Discovery, DiscoveryConfig
@@ -35,12 +37,10 @@ class NodeAddresses:
 
 class Node:
     def __init__(self, config: NodeConfig, identity: Identity) -> None:
-        if config.backends:
-            kinds = ", ".join(sorted({b.kind for b in config.backends}))
-            raise ConfigError(f"backend kind(s) {kinds} are not available in this build yet; run with --backend none")
         self.config = config
         self.identity = identity
-        self.overlay = Overlay(identity, config.overlay, self._describe)
+        self.compute: LocalCompute | None = None
+        self.overlay: Overlay | None = None
         self.gateway = GatewayApp()
         distributed_api.install(self.gateway, lambda: self.overlay.membership, self._clocks)
 
@@ -49,47 +49,59 @@ class Node:
         return trio.current_time(), time.time()
 
     def _describe(self) -> dict[str, Any]:
-        return {
-            "name": self.config.name,
-            "user_id": self.config.user,
-            "cpu_cores": psutil.cpu_count(logical=True) or os.cpu_count() or 1,
-        }
+        return {"name": self.config.name, "user_id": self.config.user, **self.compute.describe()}
 
     async def run(self, *, task_status: trio.TaskStatus[NodeAddresses] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run the overlay and the gateway until cancelled; reports where they listen once both are up."""
+        """Run compute, overlay, gateway (and mDNS) until cancelled; reports where they listen once all are up."""
         cfg = self.config
-        async with trio.open_nursery() as nursery:
-            peer_port = await nursery.start(self.overlay.run)
-            if cfg.mdns:
-                discovery = Discovery(
-                    DiscoveryConfig(interfaces=cfg.mdns_interfaces),
-                    peer_id=self.identity.peer_id,
-                    name=cfg.name,
-                    network=cfg.overlay.network,
-                    port=peer_port,
-                    on_found=lambda advert: self.overlay.dial_hint(advert.peer_id, advert.urls()),
+        backends = await select_backends(cfg.backends, none=cfg.no_backend, config=BackendConfig())
+        try:
+            async with trio.open_nursery() as nursery:
+                for backend in backends:
+                    if hasattr(backend, "run"):  # a server we start and supervise ourselves
+                        await nursery.start(backend.run)
+                self.compute = LocalCompute(backends, probe_resources(), ComputeConfig(), on_change=self._changed)
+                await nursery.start(self.compute.run)
+                self.overlay = Overlay(self.identity, cfg.overlay, self._describe)
+                peer_port = await nursery.start(self.overlay.run)
+                http_url = await nursery.start(serve_gateway, self.gateway, cfg.http_host, cfg.http_port)
+                if cfg.mdns:
+                    discovery = Discovery(
+                        DiscoveryConfig(interfaces=cfg.mdns_interfaces),
+                        peer_id=self.identity.peer_id,
+                        name=cfg.name,
+                        network=cfg.overlay.network,
+                        port=peer_port,
+                        on_found=lambda advert: self.overlay.dial_hint(advert.peer_id, advert.urls()),
+                    )
+                    # In the background: registering takes ~1.6 s, and the node is usable through seeds before.
+                    nursery.start_soon(discovery.run)
+                addresses = NodeAddresses(self.identity.peer_id, peer_port, self.overlay.local_record.record.addrs, http_url)
+                # A few hundred bytes on local disk: not worth a worker thread.
+                keystore.write_runtime(cfg.data_dir, {
+                    "pid": os.getpid(),
+                    "peer_id": addresses.peer_id,
+                    "peer_urls": list(addresses.peer_urls),
+                    "http_url": http_url,
+                })
+                log.info(
+                    "node %s (%s) ready: gateway %s, peers %s, %d seed(s), network %s, models: %s",
+                    short_id(self.identity.peer_id), cfg.name, http_url, ", ".join(addresses.peer_urls),
+                    len(cfg.overlay.seeds), cfg.overlay.network,
+                    ", ".join(m.name for m in self.compute.models) or "none",
                 )
-                # In the background: registering takes ~1.6 s, and the node is usable through seeds before.
-                nursery.start_soon(discovery.run)
-            http_url = await nursery.start(serve_gateway, self.gateway, cfg.http_host, cfg.http_port)
-            addresses = NodeAddresses(self.identity.peer_id, peer_port, self.overlay.local_record.record.addrs, http_url)
-            # A few hundred bytes on local disk: not worth a worker thread (which would outlive us in trio's cache).
-            keystore.write_runtime(cfg.data_dir, {
-                "pid": os.getpid(),
-                "peer_id": addresses.peer_id,
-                "peer_urls": list(addresses.peer_urls),
-                "http_url": http_url,
-            })
-            log.info(
-                "node %s (%s) ready: gateway %s, peers %s, %d seed(s), network %s",
-                short_id(self.identity.peer_id), cfg.name, http_url, ", ".join(addresses.peer_urls),
-                len(cfg.overlay.seeds), cfg.overlay.network,
-            )
-            if not cfg.no_backend:
-                log.info("no LLM backend configured: this node joins and coordinates but runs no prompts itself")
-            task_status.started(addresses)
+                task_status.started(addresses)
+        finally:
+            with trio.CancelScope(shield=True):
+                for backend in backends:
+                    await backend.aclose()
+
+    def _changed(self) -> None:
+        if self.overlay is not None:
+            self.overlay.request_refresh()
 
     async def leave(self) -> None:
         """Tell peers we are going (they mark us left at once) and forget the runtime file."""
-        await self.overlay.leave()
+        if self.overlay is not None:
+            await self.overlay.leave()
         keystore.remove_runtime(self.config.data_dir)

@@ -18,10 +18,11 @@ Embeddings are one-hot-ish: all non-answer tokens share direction 0, answer toke
 so ``n_embd`` stays small (64 for answers of up to 63 pieces).
 
 The vocabulary is GPT-2 style byte-level BPE (``tokenizer.ggml.model = "gpt2"``): the 256 byte tokens (so any
-text, the prompt included, tokenizes and detokenizes exactly), the ChatML control tokens, and one token per
+text, the prompt included, tokenizes and detokenizes exactly), one merged token (two spaces: llama.cpp wants at
+least one merge), the ChatML control tokens, and one token per
 answer piece. A bigram chain needs every answer token to be a distinct id, so the answer is cut into pieces at
 word starts (``"The"``, ``" quick"``, ...) and pieces whose text would repeat are merged with their neighbour.
-There are no merges, so the tokenizer turns text (the answer included) into byte tokens: only generation
+No merge builds them, so the tokenizer turns text (the answer included) into byte tokens: only generation
 produces the piece tokens, and their text concatenates to exactly the answer.
 
 The chat template is ChatML, written in Jinja, so ``/v1/chat/completions`` works with llama.cpp's Jinja engine
@@ -53,6 +54,9 @@ BOS = "<s>"
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"  # end of turn, and the model's EOS
 SPECIAL_TOKENS = (BOS, IM_START, IM_END)
+# llama.cpp refuses a "gpt2" vocabulary without merges (and gguf drops an empty array), so there is one real
+# merge: two spaces into one token, as in GPT-2's own vocabulary.
+MERGED = "  "
 
 CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
@@ -95,7 +99,7 @@ def answer_pieces(answer: str) -> list[str]:
         raise ValueError("the answer must not be empty")
     words = re.findall(r"\s*\S+|\s+$", answer)
     assert "".join(words) == answer
-    taken = set(SPECIAL_TOKENS)
+    taken = {*SPECIAL_TOKENS, MERGED}
     pieces: list[str] = []
     current = ""
     for word in words:
@@ -110,7 +114,7 @@ def answer_pieces(answer: str) -> list[str]:
             previous = pieces.pop()
             taken.discard(previous)
             current = previous + current
-        if current in SPECIAL_TOKENS or len(current.encode("utf-8")) < 2:
+        if current in SPECIAL_TOKENS or current == MERGED or len(current.encode("utf-8")) < 2:
             raise ValueError(f"cannot make a token chain for the answer {answer!r}")
         pieces.append(current)
     assert "".join(pieces) == answer and len(set(pieces)) == len(pieces)
@@ -136,9 +140,9 @@ def build_tiny_gguf(
     path = Path(path)
     pieces = answer_pieces(answer)
 
-    # Vocabulary: 256 byte tokens, the control tokens, then the answer pieces.
-    tokens = [_BYTE_CHARS[b] for b in range(256)]
-    types = [gguf.TokenType.NORMAL] * 256
+    # Vocabulary: 256 byte tokens, the merged token, the control tokens, then the answer pieces.
+    tokens = [_BYTE_CHARS[b] for b in range(256)] + [_encode(MERGED)]
+    types = [gguf.TokenType.NORMAL] * len(tokens)
     special_ids = {}
     for text in SPECIAL_TOKENS:
         special_ids[text] = len(tokens)
@@ -187,7 +191,8 @@ def build_tiny_gguf(
     writer.add_tokenizer_pre("default")
     writer.add_token_list(tokens)
     writer.add_token_types(types)
-    writer.add_token_merges([])
+    space = _encode(" ")
+    writer.add_token_merges([f"{space} {space}"])
     writer.add_bos_token_id(special_ids[BOS])
     writer.add_eos_token_id(eos_id)
     writer.add_eot_token_id(eos_id)
