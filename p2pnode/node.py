@@ -17,7 +17,7 @@ from p2pnode.backends.resources import probe_resources
 from p2pnode.backends.select import select_backends
 from p2pnode.config import NodeConfig
 from p2pnode.core.identity import Identity, short_id
-from p2pnode.gateway import distributed_api
+from p2pnode.gateway import distributed_api, ollama_api, openai_api
 from p2pnode.gateway.app import GatewayApp, serve_gateway
 from p2pnode.net.discovery import Discovery, DiscoveryConfig
 from p2pnode.net.overlay import Overlay
@@ -43,6 +43,8 @@ class Node:
         self.overlay: Overlay | None = None
         self.gateway = GatewayApp()
         distributed_api.install(self.gateway, lambda: self.overlay.membership, self._clocks)
+        ollama_api.install(self.gateway, lambda: self.compute)
+        openai_api.install(self.gateway, lambda: self.compute)
 
     @staticmethod
     def _clocks() -> tuple[float, float]:

@@ -172,14 +172,16 @@ class Backend(abc.ABC):
 
 
 async def _bounded_lines(response: httpx.Response, backend: Backend) -> AsyncIterator[str]:
+    # Errors surface where the consumer iterates, outside _open_lines' frame: translate them here too.
     buffer = ""
-    async for text in response.aiter_text():
-        buffer += text
-        if len(buffer) > MAX_LINE_BYTES and "\n" not in buffer:
-            raise BackendProtocolError(f"{backend.kind} sent a line over {MAX_LINE_BYTES} bytes")
-        *lines, buffer = buffer.split("\n")
-        for line in lines:
-            yield line.rstrip("\r")
+    with translate_http_errors(backend):
+        async for text in response.aiter_text():
+            buffer += text
+            if len(buffer) > MAX_LINE_BYTES and "\n" not in buffer:
+                raise BackendProtocolError(f"{backend.kind} sent a line over {MAX_LINE_BYTES} bytes")
+            *lines, buffer = buffer.split("\n")
+            for line in lines:
+                yield line.rstrip("\r")
     if buffer.strip():
         yield buffer
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,10 +15,10 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
-from p2pnode.errors import GatewayError
-from p2pnode.net._errors import naming_bind_errors
+from p2pnode.errors import BackendError, GatewayError
+from p2pnode.net._errors import first_leaf, naming_bind_errors
 
-__all__ = ["GatewayApp", "JSONResponse", "Request", "serve_gateway"]
+__all__ = ["GatewayApp", "JSONResponse", "Request", "StreamResponse", "serve_gateway"]
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,17 @@ class JSONResponse:
     status: int = 200
 
 
-Handler = Callable[[Request], Awaitable[JSONResponse]]
+@dataclass(frozen=True)
+class StreamResponse:
+    """A streamed body. ``open()`` is an async context manager yielding the body's parts; an error it raises
+    before the first part still becomes a JSON error with its status. Once streaming, errors must be written
+    into the stream by the producer, in its protocol's format. A client that goes away cancels the stream."""
+
+    content_type: str
+    open: Callable[[], AbstractAsyncContextManager[AsyncIterator[bytes]]]
+
+
+Handler = Callable[[Request], Awaitable[JSONResponse | StreamResponse]]
 
 
 class GatewayApp:
@@ -83,9 +94,42 @@ class GatewayApp:
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
             request = Request(scope["method"], scope["path"], scope["query_string"].decode("latin-1"), headers, params, body)
             response = await handler(request)
-        except GatewayError as exc:
+            if isinstance(response, StreamResponse):
+                await _stream(response, receive, send)
+                return
+        except (GatewayError, BackendError) as exc:
             response = JSONResponse({"error": str(exc)}, exc.status_hint)
         await _send_json(send, response)
+
+
+async def _stream(response: StreamResponse, receive: Callable, send: Callable) -> None:
+    started = False
+    try:
+        # Opening may still fail with a status (unknown model, nothing can serve): that propagates as JSON.
+        async with response.open() as parts:
+            headers = [(b"content-type", response.content_type.encode()), (b"cache-control", b"no-cache")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            started = True
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
+                async for part in parts:
+                    await send({"type": "http.response.body", "body": part, "more_body": True})
+                nursery.cancel_scope.cancel()
+    except* (GatewayError, BackendError) as group:
+        if not started:
+            raise first_leaf(group) from None
+        # The status is sent: the client sees the body end early (e.g. a deadline hit while closing).
+        log.warning("stream ended by an error after its status was sent: %s", first_leaf(group))
+    if started:
+        await send({"type": "http.response.body", "body": b""})
+
+
+async def _cancel_on_disconnect(receive: Callable, stream: trio.CancelScope) -> None:
+    """The client went away: stop producing (which closes the backend streams behind the answer)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    log.debug("client disconnected: cancelling its stream")
+    stream.cancel()
 
 
 def _match_segments(pattern: tuple[str, ...], segments: tuple[str, ...]) -> dict[str, str] | None:

@@ -133,8 +133,12 @@ def build_tiny_gguf(
     name: str = "dcn-tiny",
     n_layer: int = 1,
     context_length: int = 4096,
+    endless: bool = False,
 ) -> Path:
-    """Write the tiny model that always answers ``answer`` to ``path`` (a GGUF file of a few hundred KB)."""
+    """Write the tiny model that always answers ``answer`` to ``path`` (a GGUF file of a few hundred KB).
+
+    ``endless``: the last piece leads back to the first instead of to EOS, so the model repeats the answer
+    until ``max_tokens`` or the context runs out (for tests of long streams, cancellation, disconnects)."""
     import gguf  # a test-only dependency: imported here so that importing this module costs nothing
 
     path = Path(path)
@@ -169,12 +173,15 @@ def build_tiny_gguf(
     output[first_piece_id, 0] = value  # anything outside the answer -> first piece
     for i in range(len(pieces)):
         embedding[first_piece_id + i, i + 1] = 1.0
-        following = first_piece_id + i + 1 if i + 1 < len(pieces) else eos_id
+        if i + 1 < len(pieces):
+            following = first_piece_id + i + 1
+        else:
+            following = first_piece_id if endless else eos_id
         output[following, i + 1] = value
 
     writer = gguf.GGUFWriter(path, "llama")
     writer.add_name(name)
-    writer.add_description(f"dcn test model: always answers {answer!r}")
+    writer.add_description(f"dcn test model: always answers {answer!r}" + (", endlessly" if endless else ""))
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
     writer.add_context_length(context_length)
     writer.add_embedding_length(n_embd)
