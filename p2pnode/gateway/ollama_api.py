@@ -14,7 +14,7 @@ from p2pnode.backends.base import ChatChunk, ChatRequest
 from p2pnode.errors import BackendError
 from p2pnode.gateway.app import GatewayApp, JSONResponse, Request, StreamResponse
 from p2pnode.gateway.chat_requests import parse_ollama_chat
-from p2pnode.gateway.service import ChatService
+from p2pnode.gateway.service import ChatService, collect
 
 __all__ = ["install"]
 
@@ -79,13 +79,8 @@ def install(app: GatewayApp, service: Callable[[], ChatService]) -> None:
 
 async def _whole(service: ChatService, request: ChatRequest) -> dict[str, Any]:
     start = time.monotonic_ns()
-    parts: list[str] = []
-    last = ChatChunk()
-    async with service.open_chat(request) as chunks:
-        async for chunk in chunks:
-            parts.append(chunk.content)
-            last = chunk
-    return _final(request.model, "".join(parts), last, start)
+    content, last = await collect(service, request)
+    return _final(request.model, content, last, start)
 
 
 @asynccontextmanager

@@ -14,7 +14,7 @@ from p2pnode.backends.base import ChatChunk, ChatRequest
 from p2pnode.errors import BackendError
 from p2pnode.gateway.app import GatewayApp, JSONResponse, Request, StreamResponse
 from p2pnode.gateway.chat_requests import parse_openai_chat
-from p2pnode.gateway.service import ChatService
+from p2pnode.gateway.service import ChatService, collect
 
 __all__ = ["install"]
 
@@ -43,12 +43,7 @@ def install(app: GatewayApp, service: Callable[[], ChatService]) -> None:
 
 
 async def _whole(service: ChatService, request: ChatRequest) -> dict[str, Any]:
-    parts: list[str] = []
-    last = ChatChunk()
-    async with service.open_chat(request) as chunks:
-        async for chunk in chunks:
-            parts.append(chunk.content)
-            last = chunk
+    content, last = await collect(service, request)
     return {
         "id": "chatcmpl-" + secrets.token_hex(12),
         "object": "chat.completion",
@@ -56,7 +51,7 @@ async def _whole(service: ChatService, request: ChatRequest) -> dict[str, Any]:
         "model": request.model,
         "choices": [{
             "index": 0,
-            "message": {"role": "assistant", "content": "".join(parts)},
+            "message": {"role": "assistant", "content": content},
             "finish_reason": last.done_reason or "stop",
         }],
         "usage": _usage(last),
