@@ -19,15 +19,13 @@ so ``n_embd`` stays small (64 for answers of up to 63 pieces).
 
 The vocabulary is GPT-2 style byte-level BPE (``tokenizer.ggml.model = "gpt2"``): the 256 byte tokens (so any
 text, the prompt included, tokenizes and detokenizes exactly), one merged token (two spaces: llama.cpp wants at
-least one merge), the ChatML control tokens, and one token per
-answer piece. A bigram chain needs every answer token to be a distinct id, so the answer is cut into pieces at
+least one merge), the ChatML control tokens, and one token per answer piece. A bigram chain needs every answer token to be a distinct id, so the answer is cut into pieces at
 word starts (``"The"``, ``" quick"``, ...) and pieces whose text would repeat are merged with their neighbour.
 No merge builds them, so the tokenizer turns text (the answer included) into byte tokens: only generation
 produces the piece tokens, and their text concatenates to exactly the answer.
 
-The chat template is ChatML, written in Jinja, so ``/v1/chat/completions`` works with llama.cpp's Jinja engine
-and with its built-in template list alike. The output is a pure function of the arguments: same bytes each
-time.
+The chat template is ChatML, written in Jinja (llama.cpp's server renders it with its Jinja engine), so
+``/v1/chat/completions`` works. The output is a pure function of the arguments: same bytes each time.
 """
 
 from __future__ import annotations

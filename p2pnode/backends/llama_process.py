@@ -1,13 +1,14 @@
-"""A real llama.cpp HTTP server (the one inside the PyPI package ``xllamacpp``) in a child process, for tests.
+"""A llama.cpp HTTP server (the one inside the PyPI package ``xllamacpp``) in a child process: the engine of
+the embedded backend, and the real server the tests run against.
 
 xllamacpp has no command-line entry point: its ``Server`` class loads the model and runs llama.cpp's own HTTP
 server on background threads of the process that made it. So the child is this module run as a script
-(``python -m p2pnode.testing.llama_server MODEL.gguf``): it builds the ``Server``, prints one JSON line with the
+(``python -m p2pnode.backends.llama_process MODEL.gguf``): it builds the ``Server``, prints one JSON line with the
 address it listens on, and serves until its standard input closes or it gets SIGTERM/SIGINT. The parent
 (:func:`llama_server`) reads that line, waits until ``/health`` answers 200, and on exit closes the child's
 stdin, then escalates to SIGTERM and SIGKILL if it lingers. Because stdin is a pipe from the parent, the child
-also goes when the parent dies, however it dies. The test process itself never loads llama.cpp, so none of
-llama.cpp's threads (one of which outlives ``Server``) appear in it.
+also goes when the parent dies, however it dies. The node (or test) process itself never loads llama.cpp, so
+none of llama.cpp's threads (one of which outlives ``Server``) appear in it.
 
 llama.cpp logs to stderr, one line per event (``0.00.011.793 I srv  init: listening on ...``); the child's
 stderr goes to a file whose tail comes with any start-up error (:attr:`LlamaServer.log_path`).
@@ -89,7 +90,7 @@ async def llama_server(
     model_path = Path(model_path)
     alias = alias or model_path.name.removesuffix(".gguf")
     command = [
-        sys.executable, "-m", "p2pnode.testing.llama_server", str(model_path),
+        sys.executable, "-m", "p2pnode.backends.llama_process", str(model_path),
         "--alias", alias, "--parallel", str(parallel), "--ctx-size", str(ctx_size), "--threads", str(threads),
         "--host", host, "--port", str(port),
     ]
@@ -179,7 +180,7 @@ async def _stop(process: trio.Process, timeout: float) -> None:
 
 def _serve(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m p2pnode.testing.llama_server",
+        prog="python -m p2pnode.backends.llama_process",
         description="Serve a GGUF model with llama.cpp's HTTP server (from xllamacpp) until stdin closes.",
     )
     parser.add_argument("model", type=Path)

@@ -12,7 +12,7 @@ import httpx
 import pytest
 import trio
 
-from p2pnode.testing.llama_server import LlamaServerError, llama_server
+from p2pnode.backends.llama_process import LlamaServerError, llama_server
 from p2pnode.testing.tiny_gguf import DEFAULT_ANSWER, answer_pieces, build_tiny_gguf
 
 pytestmark = pytest.mark.slow
@@ -187,6 +187,18 @@ async def test_closing_a_stream_early_leaves_the_server_working(models, client):
             while any(slot["is_processing"] for slot in (await client.get(server.base_url + "/slots")).json()):
                 await trio.sleep(0.05)
         assert server.process.poll() is None
+
+
+async def test_any_answer_is_served_exactly(tmp_path, client):
+    answer = "Ünïcødé wörds, ünïcødé wörds: 1 2 1 2  done.\n"
+    model = build_tiny_gguf(tmp_path / "custom.gguf", answer=answer, n_layer=2)
+    async with llama_server(model, alias="custom", parallel=1) as server:
+        body = await chat(client, server)
+        assert body["choices"][0]["message"]["content"] == answer
+        assert body["choices"][0]["finish_reason"] == "stop"
+        lines = await stream_lines(client, server)
+        chunks = [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
+        assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]) == answer
 
 
 async def test_server_stops_cleanly(models):
