@@ -16,7 +16,7 @@ from p2pnode.backends.local import ComputeConfig, LocalCompute
 from p2pnode.backends.resources import probe_resources
 from p2pnode.backends.select import select_backends
 from p2pnode.config import NodeConfig
-from p2pnode.core.identity import Identity, short_id
+from p2pnode.core.identity import Identity
 from p2pnode.gateway import distributed_api, ollama_api, openai_api
 from p2pnode.gateway.app import GatewayApp, serve_gateway
 from p2pnode.net.discovery import Discovery, DiscoveryConfig
@@ -88,7 +88,7 @@ class Node:
                 })
                 log.info(
                     "node %s (%s) ready: gateway %s, peers %s, %d seed(s), network %s, models: %s",
-                    short_id(self.identity.peer_id), cfg.name, http_url, ", ".join(addresses.peer_urls),
+                    self.identity.peer_id, cfg.name, http_url, ", ".join(addresses.peer_urls),
                     len(cfg.overlay.seeds), cfg.overlay.network,
                     ", ".join(m.name for m in self.compute.models) or "none",
                 )
