@@ -28,6 +28,8 @@ __all__ = [
     "Auth",
     "Hello",
     "Message",
+    "Ping",
+    "Pong",
     "Rumors",
     "SyncReply",
     "SyncRequest",
@@ -47,6 +49,8 @@ class MessageType(enum.IntEnum):
     RUMORS = 3
     SYNC_REQUEST = 4
     SYNC_REPLY = 5
+    PING = 6
+    PONG = 7
 
 
 @dataclass(frozen=True)
@@ -90,7 +94,17 @@ class SyncReply:
     want: tuple[str, ...]  # peer ids the requester holds newer records of
 
 
-Message = Union[Hello, Auth, Rumors, SyncRequest, SyncReply]
+@dataclass(frozen=True)
+class Ping:
+    """Are you there? Sent only on a link that has been quiet for a while: any message proves liveness."""
+
+
+@dataclass(frozen=True)
+class Pong:
+    """Yes."""
+
+
+Message = Union[Hello, Auth, Rumors, SyncRequest, SyncReply, Ping, Pong]
 
 
 def encode(message: Message) -> bytes:
@@ -104,6 +118,10 @@ def encode(message: Message) -> bytes:
         body = [MessageType.SYNC_REQUEST, message.digest]
     elif isinstance(message, SyncReply):
         body = [MessageType.SYNC_REPLY, list(message.items), list(message.want)]
+    elif isinstance(message, Ping):
+        body = [MessageType.PING]
+    elif isinstance(message, Pong):
+        body = [MessageType.PONG]
     else:
         raise LocalProtocolError(f"not a peer message: {message!r}")
     return msgpack.packb(body, use_bin_type=True)
@@ -201,12 +219,24 @@ def _decode_sync_reply(fields: list[Any], limits: WireLimits) -> SyncReply:
     return SyncReply(items, tuple(want))
 
 
+def _decode_ping(fields: list[Any], limits: WireLimits) -> Ping:
+    _arity(fields, 0, "Ping")
+    return Ping()
+
+
+def _decode_pong(fields: list[Any], limits: WireLimits) -> Pong:
+    _arity(fields, 0, "Pong")
+    return Pong()
+
+
 _DECODERS = {
     MessageType.HELLO: _decode_hello,
     MessageType.AUTH: _decode_auth,
     MessageType.RUMORS: _decode_rumors,
     MessageType.SYNC_REQUEST: _decode_sync_request,
     MessageType.SYNC_REPLY: _decode_sync_reply,
+    MessageType.PING: _decode_ping,
+    MessageType.PONG: _decode_pong,
 }
 
 

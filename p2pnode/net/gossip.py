@@ -15,9 +15,11 @@ The trio shell around :mod:`p2pnode.core.membership` and :mod:`p2pnode.core.broa
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import random
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -44,6 +46,8 @@ __all__ = ["Gossip"]
 
 log = logging.getLogger(__name__)
 
+SEEN_LIMIT = 16384  # envelope digests remembered (16 bytes each)
+
 
 class Gossip:
     def __init__(
@@ -68,6 +72,9 @@ class Gossip:
         self.membership = Membership(seal_record(identity, self._make_record(next_seq(0, wall_clock()))), config.membership)
         self.queue = BroadcastQueue(multiplier=config.gossip.retransmit_mult)
         self.rejected: dict[str, int] = {}  # peer id -> statements refused from it
+        # Digests of envelopes already handled: gossip delivers each several times, byte for byte, and a
+        # signature check costs far more than a hash. Bounded; the oldest are forgotten first.
+        self._seen: OrderedDict[bytes, None] = OrderedDict()
         self._refresh_now = trio.Event()
         self._last_issue = -math.inf
 
@@ -106,6 +113,12 @@ class Gossip:
         """Verify and apply statements; queue what changed our view; refute doubts about us."""
         mono, wall = trio.current_time(), self._wall()
         for envelope in envelopes:
+            digest = hashlib.blake2b(envelope, digest_size=16).digest()
+            if digest in self._seen:
+                continue
+            self._seen[digest] = None
+            if len(self._seen) > SEEN_LIMIT:
+                self._seen.popitem(last=False)
             try:
                 statement = open_envelope(envelope, now=wall, limits=self.config.records)
                 if isinstance(statement, SignedRecord):

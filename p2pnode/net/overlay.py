@@ -27,8 +27,8 @@ from p2pnode.config import OverlayConfig
 from p2pnode.core.identity import Identity, short_id
 from p2pnode.core.membership import MemberState, Membership
 from p2pnode.core.records import NodeStatus, Notice, NoticeKind, SignedRecord, seal_notice
-from p2pnode.core.wire import Message, Rumors, SyncReply
-from p2pnode.errors import PeerError, PeerRejected, RemoteProtocolError
+from p2pnode.core.wire import Message, Ping, Rumors, SyncReply
+from p2pnode.errors import PeerError, PeerRejected, PeerTimeout, RemoteProtocolError
 from p2pnode.net._addresses import advertised_urls
 from p2pnode.net.gossip import Gossip
 from p2pnode.net.transport import CloseCode, HandshakeConfig, PeerLink, dial, serve_peers
@@ -231,10 +231,17 @@ class Overlay:
             self.gossip.handle(link, message)
 
     async def _probe_link(self, link: PeerLink) -> None:
+        """A link is alive while messages arrive. A quiet one gets a Ping; one silent for probe_interval +
+        probe_timeout is dead. (Application-level pings, not websocket ones: trio-websocket may answer a ping
+        frame after our close and crash on it, python-trio/trio-websocket#184.)"""
         peers = self.config.peers
         while True:
-            await trio.sleep(peers.probe_interval * (0.8 + 0.4 * self._rng.random()))
-            await link.ping(peers.probe_timeout)
+            await trio.sleep(peers.probe_interval / 2 * (0.8 + 0.4 * self._rng.random()))
+            quiet = trio.current_time() - link.last_received
+            if quiet > peers.probe_interval + peers.probe_timeout:
+                raise PeerTimeout(f"nothing from {short_id(link.peer_id)} for {quiet:.1f} s")
+            if quiet > peers.probe_interval:
+                link.send_nowait(Ping())
 
     def _unregister(self, link: PeerLink) -> None:
         stats = link.statistics()

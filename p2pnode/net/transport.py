@@ -25,7 +25,7 @@ from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection
 
 from p2pnode.core.identity import Identity, short_id, verify_signature
 from p2pnode.core.records import PROTOCOL_VERSION, SignedRecord, open_record
-from p2pnode.core.wire import Auth, Hello, Message, WireLimits, decode, encode, handshake_transcript
+from p2pnode.core.wire import Auth, Hello, Message, Ping, Pong, WireLimits, decode, encode, handshake_transcript
 from p2pnode.errors import (
     BadSignature,
     DecodeError,
@@ -88,6 +88,7 @@ class PeerLink:
         self._ws = ws
         self.remote_address = _endpoint(ws)
         self._local_close: int | None = None  # the code we closed with, if we closed first
+        self.last_received = trio.current_time()  # any message proves the peer alive
         self._send_channel, self._receive_channel = trio.open_memory_channel[bytes](outbox)
         self._bytes_sent = self._bytes_received = self._sent = self._received = self._dropped = 0
 
@@ -128,20 +129,21 @@ class PeerLink:
                 await self._send_raw(data)
 
     async def receive(self, limits: WireLimits) -> Message:
-        """The next message. Raises :class:`PeerUnreachable` when the link is closed, :class:`DecodeError` on garbage."""
-        with map_exceptions({ConnectionClosed: PeerUnreachable}):
-            data = await self._ws.get_message()
-        if not isinstance(data, bytes):
-            raise DecodeError("peer messages are binary")
-        self._bytes_received += len(data)
-        self._received += 1
-        return decode(data, limits)
-
-    async def ping(self, timeout: float) -> None:
-        """Round trip a websocket ping; :class:`PeerTimeout` if no pong within ``timeout``."""
-        with map_exceptions({ConnectionClosed: PeerUnreachable, trio.TooSlowError: PeerTimeout}):
-            with trio.fail_after(timeout):
-                await self._ws.ping()
+        """The next message; Ping and Pong are answered and absorbed here. Raises :class:`PeerUnreachable` when
+        the link is closed, :class:`DecodeError` on garbage."""
+        while True:
+            with map_exceptions({ConnectionClosed: PeerUnreachable}):
+                data = await self._ws.get_message()
+            if not isinstance(data, bytes):
+                raise DecodeError("peer messages are binary")
+            self._bytes_received += len(data)
+            self._received += 1
+            self.last_received = trio.current_time()
+            message = decode(data, limits)
+            if isinstance(message, Ping):
+                self.send_nowait(Pong())
+            elif not isinstance(message, Pong):
+                return message
 
     async def aclose(self, code: int = CloseCode.NORMAL, reason: str = "", *, timeout: float = 1.0) -> None:
         """Close with ``code``, waiting at most ``timeout`` for the peer's close reply."""

@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 from p2pnode.core.wire import (
     Auth,
     Hello,
+    Ping,
+    Pong,
     Rumors,
     SyncReply,
     SyncRequest,
@@ -52,6 +54,8 @@ MESSAGES = [
     pytest.param(SyncRequest(digest={PEER_A: 0, PEER_B: 2**64 - 1}), id="sync-request"),
     pytest.param(SyncReply(items=(), want=()), id="sync-reply-empty"),
     pytest.param(SyncReply(items=(b"env1", b"env2"), want=(PEER_A, PEER_B)), id="sync-reply"),
+    pytest.param(Ping(), id="ping"),
+    pytest.param(Pong(), id="pong"),
 ]
 
 
@@ -68,6 +72,13 @@ def test_wire_layout_is_an_array_led_by_the_type():
     assert encode(Rumors((b"a",))) == b"\x92\x03\x91\xc4\x01a"
     assert msgpack.unpackb(encode(SyncRequest({PEER_A: 5})), raw=False) == [SYNC_REQUEST, {PEER_A: 5}]
     assert msgpack.unpackb(encode(SyncReply((b"e",), (PEER_B,))), raw=False) == [SYNC_REPLY, [b"e"], [PEER_B]]
+    assert (encode(Ping()), encode(Pong())) == (b"\x91\x06", b"\x91\x07")
+
+
+@pytest.mark.parametrize("data", [b"\x92\x06\x00", b"\x92\x07\xc0"])
+def test_ping_and_pong_carry_nothing(data):
+    with pytest.raises(DecodeError, match="fields, expected 0"):
+        decode(data)
 
 
 @pytest.mark.parametrize("message", [None, b"\x93", "hello", object(), [HELLO, 1, PEER_A]])
@@ -245,7 +256,7 @@ def test_message_must_be_an_array_led_by_an_int_type(body):
         decode(msgpack.packb(body, use_bin_type=True))
 
 
-@pytest.mark.parametrize("kind", [0, 6, 255, -1, 2**63, 2**64 - 1])
+@pytest.mark.parametrize("kind", [0, 8, 255, -1, 2**63, 2**64 - 1])
 def test_unknown_type_is_refused(kind):
     with pytest.raises(DecodeError, match="unknown message type"):
         decode(pack(kind, []))

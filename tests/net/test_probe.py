@@ -1,0 +1,68 @@
+"""Liveness of a quiet link, on trio's virtual clock: idle links are pinged, a silent peer is dropped."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from p2pnode.core.wire import Ping, Pong, WireLimits, decode, encode
+from p2pnode.errors import PeerTimeout
+from tests.net.test_transport import Identity, run_handshake, ws_pair
+
+
+async def test_an_idle_link_is_pinged_and_a_silent_peer_times_out(nursery, autojump_clock):
+    from p2pnode.net.overlay import Overlay
+    from tests.net.helpers import overlay_config
+
+    client, server = await ws_pair(nursery)
+    alice, bob = Identity.generate(), Identity.generate()
+    links = {}
+
+    async def side(name, ws, identity, initiator):
+        links[name] = await run_handshake(ws, identity, initiator=initiator)
+
+    async with trio.open_nursery() as inner:
+        inner.start_soon(side, "alice", client, alice, True)
+        inner.start_soon(side, "bob", server, bob, False)
+    link = links["alice"]
+    config = overlay_config()
+    overlay = Overlay(alice, config, lambda: {})
+    nursery.start_soon(link.run_writer)
+    start = trio.current_time()
+    # Bob answers nothing (his side reads raw frames): Alice pings once quiet, then gives up.
+    pings = []
+
+    async def silent_bob():
+        while True:
+            pings.append(decode(await server.get_message()))
+
+    nursery.start_soon(silent_bob)
+    with pytest.raises(PeerTimeout):
+        await overlay._probe_link(link)
+    peers = config.peers
+    elapsed = trio.current_time() - start
+    assert peers.probe_interval + peers.probe_timeout < elapsed <= peers.probe_interval + peers.probe_timeout + peers.probe_interval
+    assert pings and all(p == Ping() for p in pings)
+
+
+async def test_a_ping_is_answered_and_any_message_counts_as_life(nursery, autojump_clock):
+    client, server = await ws_pair(nursery)
+    alice, bob = Identity.generate(), Identity.generate()
+    links = {}
+
+    async def side(name, ws, identity, initiator):
+        links[name] = await run_handshake(ws, identity, initiator=initiator)
+
+    async with trio.open_nursery() as inner:
+        inner.start_soon(side, "alice", client, alice, True)
+        inner.start_soon(side, "bob", server, bob, False)
+    bob_link = links["bob"]
+    nursery.start_soon(bob_link.run_writer)
+    await trio.sleep(10)
+    await client.send_message(encode(Ping()))
+    await client.send_message(encode(Pong()))
+    await client.send_message(b"\x92\x03\x90")  # Rumors([]): the first message receive() returns
+    message = await bob_link.receive(WireLimits())
+    assert message.items == ()
+    assert bob_link.last_received == trio.current_time()
+    assert decode(await client.get_message()) == Pong()
