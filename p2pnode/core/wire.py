@@ -16,8 +16,8 @@ replayed on another connection nor reflected back to its sender.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
-from typing import Any, Union
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, Union
 
 import msgpack
 
@@ -27,6 +27,12 @@ from p2pnode.errors import DecodeError, LocalProtocolError
 __all__ = [
     "Auth",
     "Hello",
+    "JobCancel",
+    "JobChunk",
+    "JobCredit",
+    "JobEnd",
+    "JobMessage",
+    "JobOpen",
     "Message",
     "Ping",
     "Pong",
@@ -51,6 +57,11 @@ class MessageType(enum.IntEnum):
     SYNC_REPLY = 5
     PING = 6
     PONG = 7
+    JOB_OPEN = 10
+    JOB_CHUNK = 11
+    JOB_END = 12
+    JOB_CANCEL = 13
+    JOB_CREDIT = 14
 
 
 @dataclass(frozen=True)
@@ -59,13 +70,27 @@ class WireLimits:
     max_items: int = 1024  # statements in one Rumors / SyncReply
     max_item_bytes: int = 16 * 1024
     max_digest: int = 8192  # entries of a SyncRequest digest, and peer ids wanted
+    max_job_messages: int = 1000  # chat messages in one job
+    max_job_options: int = 64
+    max_job_timeout: float = 3600.0
+    max_window: int = 4096  # chunks a job may have in flight
 
 
 DEFAULT_WIRE_LIMITS = WireLimits()
 
 
+class _Message:
+    """Every message is ``[TYPE, *its fields in declaration order]`` on the wire (tuples as arrays)."""
+
+    TYPE: ClassVar[MessageType]
+
+    def wire_fields(self) -> list[Any]:
+        return [list(v) if isinstance(v, tuple) else v for v in (getattr(self, f.name) for f in fields(self))]
+
+
 @dataclass(frozen=True)
-class Hello:
+class Hello(_Message):
+    TYPE = MessageType.HELLO
     version: int
     peer_id: str
     nonce: bytes
@@ -73,58 +98,104 @@ class Hello:
 
 
 @dataclass(frozen=True)
-class Auth:
+class Auth(_Message):
+    TYPE = MessageType.AUTH
     signature: bytes
     record: bytes  # the sender's signed record envelope
 
 
 @dataclass(frozen=True)
-class Rumors:
+class Rumors(_Message):
+    TYPE = MessageType.RUMORS
     items: tuple[bytes, ...]  # signed envelopes (records and notices)
 
 
 @dataclass(frozen=True)
-class SyncRequest:
+class SyncRequest(_Message):
+    TYPE = MessageType.SYNC_REQUEST
     digest: dict[str, int]  # peer id -> seq held
 
 
 @dataclass(frozen=True)
-class SyncReply:
+class SyncReply(_Message):
+    TYPE = MessageType.SYNC_REPLY
     items: tuple[bytes, ...]  # envelopes the requester lacked
     want: tuple[str, ...]  # peer ids the requester holds newer records of
 
 
 @dataclass(frozen=True)
-class Ping:
+class Ping(_Message):
     """Are you there? Sent only on a link that has been quiet for a while: any message proves liveness."""
+
+    TYPE = MessageType.PING
 
 
 @dataclass(frozen=True)
-class Pong:
+class Pong(_Message):
     """Yes."""
 
+    TYPE = MessageType.PONG
 
-Message = Union[Hello, Auth, Rumors, SyncRequest, SyncReply, Ping, Pong]
+
+@dataclass(frozen=True)
+class JobOpen(_Message):
+    """Coordinator -> worker: run this chat and stream it back. ``job`` is the coordinator's number for it on
+    this link; the worker may send ``window`` chunks before it waits for credit."""
+
+    TYPE = MessageType.JOB_OPEN
+    job: int
+    model: str
+    messages: tuple[dict[str, str], ...]  # {"role": ..., "content": ...}
+    options: dict[str, Any]  # Ollama option names
+    timeout: float  # seconds the worker may spend
+    user: str  # who asked (the coordinator vouches for it)
+    window: int
+
+
+@dataclass(frozen=True)
+class JobChunk(_Message):
+    TYPE = MessageType.JOB_CHUNK
+    job: int
+    content: str
+
+
+@dataclass(frozen=True)
+class JobEnd(_Message):
+    """Worker -> coordinator: the last word on a job. ``status`` 0 is success; otherwise an HTTP-like status
+    (404 unknown model, 429 busy, 503 backend down, 504 deadline) and ``error`` says what happened."""
+
+    TYPE = MessageType.JOB_END
+    job: int
+    done_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    status: int
+    error: str
+
+
+@dataclass(frozen=True)
+class JobCancel(_Message):
+    TYPE = MessageType.JOB_CANCEL
+    job: int
+
+
+@dataclass(frozen=True)
+class JobCredit(_Message):
+    """Coordinator -> worker: I consumed ``chunks`` more; you may send that many more."""
+
+    TYPE = MessageType.JOB_CREDIT
+    job: int
+    chunks: int
+
+
+JobMessage = Union[JobOpen, JobChunk, JobEnd, JobCancel, JobCredit]
+Message = Union[Hello, Auth, Rumors, SyncRequest, SyncReply, Ping, Pong, JobOpen, JobChunk, JobEnd, JobCancel, JobCredit]
 
 
 def encode(message: Message) -> bytes:
-    if isinstance(message, Hello):
-        body: list[Any] = [MessageType.HELLO, message.version, message.peer_id, message.nonce, message.network]
-    elif isinstance(message, Auth):
-        body = [MessageType.AUTH, message.signature, message.record]
-    elif isinstance(message, Rumors):
-        body = [MessageType.RUMORS, list(message.items)]
-    elif isinstance(message, SyncRequest):
-        body = [MessageType.SYNC_REQUEST, message.digest]
-    elif isinstance(message, SyncReply):
-        body = [MessageType.SYNC_REPLY, list(message.items), list(message.want)]
-    elif isinstance(message, Ping):
-        body = [MessageType.PING]
-    elif isinstance(message, Pong):
-        body = [MessageType.PONG]
-    else:
+    if not isinstance(message, _Message):
         raise LocalProtocolError(f"not a peer message: {message!r}")
-    return msgpack.packb(body, use_bin_type=True)
+    return msgpack.packb([message.TYPE, *message.wire_fields()], use_bin_type=True)
 
 
 def decode(data: bytes, limits: WireLimits = DEFAULT_WIRE_LIMITS) -> Message:
@@ -139,8 +210,8 @@ def decode(data: bytes, limits: WireLimits = DEFAULT_WIRE_LIMITS) -> Message:
             strict_map_key=True,
             max_array_len=max(limits.max_items, limits.max_digest) + 8,
             max_map_len=limits.max_digest,
-            max_str_len=limits.max_item_bytes,
-            max_bin_len=limits.max_item_bytes,
+            max_str_len=limits.max_message_bytes,  # per-field limits are checked by each decoder
+            max_bin_len=limits.max_message_bytes,
         )
     except Exception as exc:  # msgpack raises ValueError, ExtraData, StackError, ... for garbage
         raise DecodeError(f"not a msgpack message: {type(exc).__name__}") from None
@@ -177,16 +248,16 @@ def _decode_auth(fields: list[Any], limits: WireLimits) -> Auth:
     signature, record = fields
     if not isinstance(signature, bytes) or len(signature) != 64:
         raise DecodeError("Auth.signature must be 64 bytes")
-    if not isinstance(record, bytes):
-        raise DecodeError("Auth.record must be bytes")
+    if not isinstance(record, bytes) or len(record) > limits.max_item_bytes:
+        raise DecodeError(f"Auth.record must be bytes, at most {limits.max_item_bytes}")
     return Auth(signature, record)
 
 
 def _items(value: Any, limits: WireLimits, name: str) -> tuple[bytes, ...]:
     if not isinstance(value, list) or len(value) > limits.max_items:
         raise DecodeError(f"{name} must be a list of at most {limits.max_items} items")
-    if not all(isinstance(item, bytes) for item in value):
-        raise DecodeError(f"{name} items must be bytes")
+    if not all(isinstance(item, bytes) and len(item) <= limits.max_item_bytes for item in value):
+        raise DecodeError(f"{name} items must be bytes, at most {limits.max_item_bytes} each")
     return tuple(value)
 
 
@@ -229,6 +300,71 @@ def _decode_pong(fields: list[Any], limits: WireLimits) -> Pong:
     return Pong()
 
 
+def _uint(value: Any, name: str, maximum: int = 2**32 - 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
+        raise DecodeError(f"{name} must be an integer in 0..{maximum}")
+    return value
+
+
+def _str(value: Any, name: str, maximum: int) -> str:
+    if not isinstance(value, str) or len(value) > maximum:
+        raise DecodeError(f"{name} must be a string of at most {maximum} characters")
+    return value
+
+
+_OPTION_VALUE = (int, float, str, bool)
+
+
+def _decode_job_open(fields: list[Any], limits: WireLimits) -> JobOpen:
+    _arity(fields, 7, "JobOpen")
+    job, model, messages, options, timeout, user, window = fields
+    if not isinstance(messages, list) or not 0 < len(messages) <= limits.max_job_messages:
+        raise DecodeError(f"JobOpen.messages must hold 1 to {limits.max_job_messages} messages")
+    for message in messages:
+        if not isinstance(message, dict) or set(message) != {"role", "content"}:
+            raise DecodeError("JobOpen.messages items must be {role, content}")
+        _str(message["role"], "role", 16)
+        _str(message["content"], "content", limits.max_message_bytes)
+    if not isinstance(options, dict) or len(options) > limits.max_job_options:
+        raise DecodeError(f"JobOpen.options must be a map of at most {limits.max_job_options} entries")
+    for key, value in options.items():
+        _str(key, "option name", 64)
+        items = value if isinstance(value, list) else [value]
+        if len(items) > 64 or not all(isinstance(v, _OPTION_VALUE) for v in items):
+            raise DecodeError(f"JobOpen.options.{key} has an unsupported value")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= limits.max_job_timeout:
+        raise DecodeError(f"JobOpen.timeout must be in (0, {limits.max_job_timeout}] seconds")
+    return JobOpen(
+        _uint(job, "JobOpen.job"), _str(model, "JobOpen.model", 200), tuple(messages), options, float(timeout),
+        _str(user, "JobOpen.user", 128), _uint(window, "JobOpen.window", limits.max_window) or 1,
+    )
+
+
+def _decode_job_chunk(fields: list[Any], limits: WireLimits) -> JobChunk:
+    _arity(fields, 2, "JobChunk")
+    return JobChunk(_uint(fields[0], "JobChunk.job"), _str(fields[1], "JobChunk.content", limits.max_item_bytes))
+
+
+def _decode_job_end(fields: list[Any], limits: WireLimits) -> JobEnd:
+    _arity(fields, 6, "JobEnd")
+    job, reason, prompt, completion, status, error = fields
+    return JobEnd(
+        _uint(job, "JobEnd.job"), _str(reason, "JobEnd.done_reason", 32), _uint(prompt, "JobEnd.prompt_tokens"),
+        _uint(completion, "JobEnd.completion_tokens"), _uint(status, "JobEnd.status", 999),
+        _str(error, "JobEnd.error", 1024),
+    )
+
+
+def _decode_job_cancel(fields: list[Any], limits: WireLimits) -> JobCancel:
+    _arity(fields, 1, "JobCancel")
+    return JobCancel(_uint(fields[0], "JobCancel.job"))
+
+
+def _decode_job_credit(fields: list[Any], limits: WireLimits) -> JobCredit:
+    _arity(fields, 2, "JobCredit")
+    return JobCredit(_uint(fields[0], "JobCredit.job"), _uint(fields[1], "JobCredit.chunks", limits.max_window))
+
+
 _DECODERS = {
     MessageType.HELLO: _decode_hello,
     MessageType.AUTH: _decode_auth,
@@ -237,6 +373,11 @@ _DECODERS = {
     MessageType.SYNC_REPLY: _decode_sync_reply,
     MessageType.PING: _decode_ping,
     MessageType.PONG: _decode_pong,
+    MessageType.JOB_OPEN: _decode_job_open,
+    MessageType.JOB_CHUNK: _decode_job_chunk,
+    MessageType.JOB_END: _decode_job_end,
+    MessageType.JOB_CANCEL: _decode_job_cancel,
+    MessageType.JOB_CREDIT: _decode_job_credit,
 }
 
 

@@ -19,7 +19,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -33,9 +33,17 @@ from p2pnode.net._addresses import advertised_urls
 from p2pnode.net.gossip import Gossip
 from p2pnode.net.transport import CloseCode, HandshakeConfig, PeerLink, dial, serve_peers
 
-__all__ = ["Overlay", "OverlayStatistics"]
+__all__ = ["LinkExtension", "Overlay", "OverlayStatistics"]
 
 log = logging.getLogger(__name__)
+
+
+class LinkExtension(Protocol):
+    """Something more spoken on the links (remote jobs): it takes its messages and hears of closed links."""
+
+    def handle(self, link: PeerLink, message: Message) -> bool: ...
+
+    def link_closed(self, link: PeerLink) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -61,8 +69,10 @@ class Overlay:
         *,
         wall_clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        extensions: Sequence[LinkExtension] = (),
     ) -> None:
         self.identity = identity
+        self._extensions = tuple(extensions)
         self.config = config
         self._wall = wall_clock
         self._rng = rng or random.Random()
@@ -102,6 +112,9 @@ class Overlay:
     @property
     def linked_peers(self) -> list[str]:
         return list(self._links)
+
+    def link_to(self, peer_id: str) -> PeerLink | None:
+        return self._links.get(peer_id)
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen, join through the seeds, gossip until cancelled. Reports the bound peer port."""
@@ -228,7 +241,8 @@ class Overlay:
     async def _read_link(self, link: PeerLink) -> None:
         while True:
             message: Message = await link.receive(self.config.wire)
-            self.gossip.handle(link, message)
+            if not any(extension.handle(link, message) for extension in self._extensions):
+                self.gossip.handle(link, message)
 
     async def _probe_link(self, link: PeerLink) -> None:
         """A link is alive while messages arrive. A quiet one gets a Ping; one silent for probe_interval +
@@ -244,6 +258,8 @@ class Overlay:
                 link.send_nowait(Ping())
 
     def _unregister(self, link: PeerLink) -> None:
+        for extension in self._extensions:
+            extension.link_closed(link)
         stats = link.statistics()
         self._closed_bytes[0] += stats.bytes_sent
         self._closed_bytes[1] += stats.bytes_received

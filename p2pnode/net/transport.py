@@ -112,6 +112,11 @@ class PeerLink:
             self._dropped += 1
             return False
 
+    async def send_ordered(self, message: Message) -> None:
+        """Queue a message that must not be dropped (jobs), waiting for room in the outbox: back-pressure."""
+        with map_exceptions({trio.ClosedResourceError: PeerUnreachable, trio.BrokenResourceError: PeerUnreachable}):
+            await self._send_channel.send(encode(message))
+
     async def send(self, message: Message) -> None:
         """Send now, bypassing the outbox (handshake, goodbye)."""
         await self._send_raw(encode(message))

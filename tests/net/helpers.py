@@ -45,10 +45,13 @@ class Network:
         self.nodes: list[RunningOverlay] = []
 
     async def start(
-        self, name: str, *, seeds: tuple[str, ...] = (), identity: Identity | None = None, **config_changes
+        self, name: str, *, seeds: tuple[str, ...] = (), identity: Identity | None = None, extensions=(),
+        **config_changes,
     ) -> RunningOverlay:
         config = overlay_config(seeds=seeds, **config_changes)
-        overlay = Overlay(identity or Identity.generate(), config, lambda: {"name": name, "cpu_cores": 2})
+        overlay = Overlay(
+            identity or Identity.generate(), config, lambda: {"name": name, "cpu_cores": 2}, extensions=extensions
+        )
         scope = trio.CancelScope()
 
         async def run(task_status=trio.TASK_STATUS_IGNORED) -> None:

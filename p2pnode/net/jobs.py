@@ -1,0 +1,230 @@
+"""Remote jobs over peer links, both ways: run peers' chats on this node's compute (worker), and send this node's
+chats to peers (client).
+
+Jobs are multiplexed on the one link per peer. Flow control is per job, by credit: a worker sends at most
+``window`` chunks ahead of what the client has consumed, and the client grants more as it reads. So a slow
+consumer holds back only its own job; the link's reader never blocks, and other jobs keep flowing.
+
+A worker admits jobs by its own policy: at most ``max_remote_jobs`` at once from peers, and none while its own
+user's jobs fill the backends; a refused job ends at once with status 429 ("busy") instead of queueing. A client
+that leaves a job early sends a cancel, and the worker closes the backend stream; a link that dies ends every job
+on it, on both sides.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing, asynccontextmanager
+from dataclasses import dataclass
+
+import trio
+
+from p2pnode.backends.base import ChatChunk, ChatRequest
+from p2pnode.backends.local import LocalCompute
+from p2pnode.core.identity import short_id
+from p2pnode.core.wire import JobCancel, JobChunk, JobCredit, JobEnd, JobOpen, Message
+from p2pnode.errors import (
+    BackendError,
+    BackendRejected,
+    BackendTimeout,
+    BackendUnavailable,
+    DecodeError,
+    PeerError,
+    PeerRejected,
+    PeerUnreachable,
+)
+from p2pnode.net.transport import PeerLink
+
+__all__ = ["Jobs", "JobsConfig"]
+
+log = logging.getLogger(__name__)
+
+BUSY = 429
+
+
+@dataclass(frozen=True)
+class JobsConfig:
+    max_remote_jobs: int = 4  # peers' jobs running here at once
+    window: int = 32  # chunks a worker may send ahead of the client's reading
+    default_timeout: float = 600.0
+
+
+@dataclass
+class _Served:
+    scope: trio.CancelScope
+    credit: trio.Semaphore
+
+
+@dataclass
+class _Opened:
+    send: trio.MemorySendChannel
+    receive: trio.MemoryReceiveChannel
+
+
+class Jobs:
+    def __init__(self, compute: Callable[[], LocalCompute | None], config: JobsConfig, *, owner: str) -> None:
+        self._compute = compute
+        self.config = config
+        self.owner = owner  # the user this node serves first
+        self._served: dict[tuple[int, int], _Served] = {}  # (id(link), job) -> running here for a peer
+        self._opened: dict[tuple[int, int], _Opened] = {}  # (id(link), job) -> ours, running there
+        self._numbers = itertools.count(1)
+        self._nursery: trio.Nursery | None = None
+
+    @property
+    def remote_jobs(self) -> int:
+        return len(self._served)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Hold the nursery that peers' jobs run in, until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    # ---- messages from links -------------------------------------------------------------------------------
+
+    def handle(self, link: PeerLink, message: Message) -> bool:
+        """Take a job message received on ``link``; ``False`` when it is not one."""
+        key = (id(link), getattr(message, "job", -1))
+        if isinstance(message, JobOpen):
+            self._admit(link, message)
+        elif isinstance(message, JobCancel):
+            if (served := self._served.get(key)) is not None:
+                served.scope.cancel()
+        elif isinstance(message, JobCredit):
+            if (served := self._served.get(key)) is not None:
+                for _ in range(min(message.chunks, self.config.window)):
+                    try:
+                        served.credit.release()
+                    except ValueError:
+                        raise DecodeError("JobCredit beyond the window") from None
+        elif isinstance(message, (JobChunk, JobEnd)):
+            if (opened := self._opened.get(key)) is not None:
+                try:
+                    opened.send.send_nowait(message)
+                except trio.WouldBlock:
+                    raise DecodeError(f"job {message.job}: the worker ignored flow control") from None
+        else:
+            return False
+        return True
+
+    def link_closed(self, link: PeerLink) -> None:
+        for (link_id, _), served in list(self._served.items()):
+            if link_id == id(link):
+                served.scope.cancel()
+        for (link_id, _), opened in list(self._opened.items()):
+            if link_id == id(link):
+                opened.send.close()
+
+    # ---- worker side ---------------------------------------------------------------------------------------
+
+    def _admit(self, link: PeerLink, job: JobOpen) -> None:
+        compute = self._compute()
+        refusal = None
+        if compute is None or not compute.serves(job.model):
+            refusal = (404, f"model {job.model!r} is not served by this node")
+        elif job.user != self.owner and (
+            self.remote_jobs >= self.config.max_remote_jobs or compute.tracker.active >= compute.tracker.capacity
+        ):
+            refusal = (BUSY, "busy: this node's capacity is taken")
+        if refusal is not None or self._nursery is None:
+            status, reason = refusal or (BackendUnavailable.status_hint, "not accepting jobs")
+            link.send_nowait(JobEnd(job.job, "", 0, 0, status, reason))
+            return
+        served = _Served(trio.CancelScope(deadline=trio.current_time() + job.timeout), trio.Semaphore(job.window, max_value=job.window))
+        self._served[(id(link), job.job)] = served
+        self._nursery.start_soon(self._serve, link, job, served)
+
+    async def _serve(self, link: PeerLink, job: JobOpen, served: _Served) -> None:
+        request = ChatRequest(model=job.model, messages=job.messages, options=job.options, timeout=job.timeout)
+        end = JobEnd(job.job, "", 0, 0, 499, "cancelled")
+        try:
+            with served.scope:
+                try:
+                    async with self._compute().open_chat(request) as chunks:
+                        async for chunk in chunks:
+                            if chunk.content:
+                                await served.credit.acquire()
+                                await link.send_ordered(JobChunk(job.job, chunk.content))
+                            if chunk.done:
+                                end = JobEnd(job.job, chunk.done_reason or "stop", chunk.prompt_tokens or 0,
+                                             chunk.completion_tokens or 0, 0, "")
+                except BackendError as exc:
+                    end = JobEnd(job.job, "", 0, 0, getattr(exc, "status_hint", 502), str(exc)[:1000])
+            if served.scope.cancelled_caught and end.status == 499 and trio.current_time() >= served.scope.deadline:
+                end = JobEnd(job.job, "", 0, 0, BackendTimeout.status_hint, "deadline passed on the worker")
+            with trio.move_on_after(1):
+                await link.send_ordered(end)
+        except PeerError:
+            pass  # the coordinator is gone: nobody to tell
+        finally:
+            del self._served[(id(link), job.job)]
+            log.debug("job %d for %s ended: status %d", job.job, short_id(link.peer_id), end.status)
+
+    # ---- client side ---------------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def open_remote_chat(self, link: PeerLink, request: ChatRequest, *, user: str) -> AsyncIterator[AsyncIterator[ChatChunk]]:
+        """Run ``request`` on ``link``'s peer; yields its chunks. Leaving early cancels it there."""
+        number = next(self._numbers)
+        key = (id(link), number)
+        window = self.config.window
+        send, receive = trio.open_memory_channel[Message](window + 1)
+        self._opened[key] = _Opened(send, receive)
+        finished = False
+        try:
+            timeout = request.timeout or self.config.default_timeout
+            await link.send_ordered(JobOpen(
+                number, request.model, tuple(dict(m) for m in request.messages), dict(request.options), timeout,
+                user, window,
+            ))
+
+            async def chunks() -> AsyncIterator[ChatChunk]:
+                nonlocal finished
+                consumed = 0
+                async for message in receive:
+                    if isinstance(message, JobChunk):
+                        yield ChatChunk(content=message.content)
+                        consumed += 1
+                        if consumed >= math.ceil(window / 2):
+                            await link.send_ordered(JobCredit(number, consumed))
+                            consumed = 0
+                    else:
+                        finished = True
+                        if message.status:
+                            raise _remote_error(link, message)
+                        yield ChatChunk(done=True, done_reason=message.done_reason or "stop",
+                                        prompt_tokens=message.prompt_tokens, completion_tokens=message.completion_tokens)
+                        return
+                raise PeerUnreachable(f"link to {short_id(link.peer_id)} closed during job {number}")
+
+            async with aclosing(chunks()) as stream:
+                yield stream
+        finally:
+            del self._opened[key]
+            if not finished:
+                with trio.move_on_after(1) as scope:
+                    scope.shield = True
+                    try:
+                        await link.send_ordered(JobCancel(number))
+                    except PeerError:
+                        pass
+
+
+def _remote_error(link: PeerLink, end: JobEnd) -> Exception:
+    where = f"peer {short_id(link.peer_id)}"
+    if end.status == BUSY:
+        return PeerRejected(f"{where} is busy: {end.error}", code=BUSY, reason=end.error)
+    if end.status in (400, 404):
+        return BackendRejected(f"{where}: {end.error}", status_hint=end.status)
+    if end.status == BackendTimeout.status_hint:
+        return BackendTimeout(f"{where}: {end.error}")
+    if end.status == BackendUnavailable.status_hint:
+        return BackendUnavailable(f"{where}: {end.error}")
+    return BackendError(f"{where}: {end.error} (status {end.status})")
+
+

@@ -1,0 +1,110 @@
+"""Remote jobs between real overlays over loopback websockets; the workers' backends are fake Ollama servers."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from p2pnode.backends.base import BackendConfig, ChatRequest
+from p2pnode.backends.local import ComputeConfig, LocalCompute
+from p2pnode.backends.ollama import OllamaBackend
+from p2pnode.backends.resources import Resources
+from p2pnode.errors import BackendRejected, PeerRejected, PeerUnreachable
+from p2pnode.gateway.app import serve_gateway
+from p2pnode.net.jobs import Jobs, JobsConfig
+from p2pnode.testing.fake_ollama import FakeModel, FakeOllama
+from tests.net.helpers import Network, wait_all
+
+pytestmark = pytest.mark.slow
+
+ANSWER = "one two three four five six seven eight nine ten eleven twelve"
+
+
+async def start_pair(nursery, *, worker_jobs: JobsConfig = JobsConfig(), parallel: int = 4):
+    """A coordinator (no backend) and a worker whose backend is a fake Ollama; linked, each knowing the other."""
+    fake = FakeOllama(models={"tiny:1b": FakeModel(answer=ANSWER)})
+    url = await nursery.start(serve_gateway, fake, "127.0.0.1", 0)
+    compute = LocalCompute([OllamaBackend(url, BackendConfig(parallel=parallel))], Resources(2, 1, 0, 0, "none"), ComputeConfig())
+    await compute.refresh()
+    worker_jobs_service = Jobs(lambda: compute, worker_jobs, owner="worker-owner")
+    coordinator_jobs = Jobs(lambda: None, JobsConfig(window=4), owner="alice")
+    await nursery.start(worker_jobs_service.run)
+    await nursery.start(coordinator_jobs.run)
+    net = Network(nursery)
+    worker = await net.start("worker", extensions=[worker_jobs_service])
+    coordinator = await net.start("coordinator", seeds=(worker.url,), extensions=[coordinator_jobs])
+    await wait_all([worker, coordinator], lambda n: len(n.overlay.linked_peers) == 1)
+    link = coordinator.overlay.link_to(worker.peer_id)
+    return fake, worker_jobs_service, coordinator_jobs, link, worker
+
+
+def ask(model: str = "tiny:1b") -> ChatRequest:
+    return ChatRequest(model=model, messages=({"role": "user", "content": "count"},))
+
+
+async def test_a_remote_job_streams_the_workers_answer(nursery):
+    fake, served, jobs, link, _ = await start_pair(nursery)
+    chunks = []
+    async with jobs.open_remote_chat(link, ask(), user="alice") as stream:
+        async for chunk in stream:
+            chunks.append(chunk)
+    assert "".join(c.content for c in chunks) == ANSWER
+    assert chunks[-1].done and chunks[-1].done_reason == "stop" and chunks[-1].completion_tokens == 12
+    assert served.remote_jobs == 0
+
+
+async def test_an_unknown_model_is_refused_with_404(nursery):
+    fake, served, jobs, link, _ = await start_pair(nursery)
+    with pytest.raises(BackendRejected) as refused:
+        async with jobs.open_remote_chat(link, ask("nope"), user="alice") as stream:
+            async for _ in stream:
+                pass
+    assert refused.value.status_hint == 404
+
+
+async def test_a_full_worker_says_busy_instead_of_queueing(nursery):
+    fake, served, jobs, link, _ = await start_pair(nursery, worker_jobs=JobsConfig(max_remote_jobs=1))
+    fake.faults.latency = 0.05
+    async with jobs.open_remote_chat(link, ask(), user="alice") as first:
+        await first.__anext__()  # the first job runs
+        with pytest.raises(PeerRejected) as busy:
+            async with jobs.open_remote_chat(link, ask(), user="bob") as second:
+                async for _ in second:
+                    pass
+        assert busy.value.code == 429
+        async for _ in first:
+            pass
+
+
+async def test_leaving_early_stops_the_generation_on_the_worker(nursery):
+    fake, served, jobs, link, _ = await start_pair(nursery)
+    fake.faults.latency = 0.05
+    async with jobs.open_remote_chat(link, ask(), user="alice") as stream:
+        await stream.__anext__()
+    with trio.fail_after(10):
+        while fake.active or served.remote_jobs:
+            await trio.sleep(0.01)
+    assert fake.cancelled == 1
+
+
+async def test_a_stalled_consumer_does_not_hold_back_another_job(nursery):
+    fake, served, jobs, link, _ = await start_pair(nursery)
+    async with jobs.open_remote_chat(link, ask(), user="alice") as stalled:
+        await stalled.__anext__()  # then read no more: its worker stops at the window (4 chunks)
+        with trio.fail_after(10):
+            async with jobs.open_remote_chat(link, ask(), user="alice") as flowing:
+                text = "".join([c.content async for c in flowing])
+        assert text == ANSWER
+        rest = "".join([c.content async for c in stalled])
+    assert "one" + rest == ANSWER
+
+
+async def test_a_worker_that_dies_mid_job_fails_the_stream(nursery):
+    fake, served, jobs, link, worker = await start_pair(nursery)
+    fake.faults.latency = 0.05
+    with pytest.raises(PeerUnreachable):
+        async with jobs.open_remote_chat(link, ask(), user="alice") as stream:
+            await stream.__anext__()
+            worker.kill()
+            async for _ in stream:
+                pass
