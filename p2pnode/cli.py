@@ -234,6 +234,14 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--data-dir", metavar="DIR", help="data dir of the local node, to find its gateway")
         cmd.add_argument("--json", action="store_true", help="print the raw JSON")
 
+    chat = sub.add_parser("chat", help="ask the network through a node's gateway; the answer streams to stdout")
+    chat.add_argument("prompt", metavar="PROMPT")
+    chat.add_argument("--http", dest="http_url", metavar="URL", help="gateway URL (default: the local node's)")
+    chat.add_argument("--data-dir", metavar="DIR", help="data dir of the local node, to find its gateway")
+    chat.add_argument("--model", help="model name (default: the first the network has)")
+    chat.add_argument("--strategy", choices=("route", "first", "best", "judge", "fuse"), help="how to use the network")
+    chat.add_argument("--fanout", type=int, help="how many nodes to ask")
+
     ident = sub.add_parser("id", help="print this node's peer id (creating the identity if needed)")
     ident.add_argument("--data-dir", metavar="DIR")
     return parser
@@ -251,6 +259,11 @@ def main(argv: list[str] | None = None) -> None:
             setup_logging("warning", "text")
             print(keystore.load_or_create_identity(_data_dir(args, environ)).peer_id)
             code = 0
+        elif args.command == "chat":
+            from p2pnode import cli_views
+
+            url = args.http_url or _local_gateway(_data_dir(args, environ))
+            code = cli_views.chat(url, args.prompt, model=args.model, strategy=args.strategy, fanout=args.fanout)
         else:
             from p2pnode import cli_views
 

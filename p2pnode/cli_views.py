@@ -11,7 +11,7 @@ import httpx
 
 from p2pnode.core.identity import short_id
 
-__all__ = ["format_peers", "format_status", "show"]
+__all__ = ["chat", "format_peers", "format_status", "show"]
 
 _ENDPOINTS = {"status": "/api/distributed/stats", "peers": "/api/distributed/nodes"}
 
@@ -23,15 +23,54 @@ def show(command: str, base_url: str, *, as_json: bool) -> int:
         response.raise_for_status()
         data = response.json()
     except httpx.HTTPError as exc:
-        print(
-            f"dcn-node: cannot read {url}: {exc}. Is `dcn-node run` running? Pass its gateway with --http URL.",
-            file=sys.stderr,
-        )
-        return 1
+        return _unreachable(url, exc)
     if as_json:
         print(json.dumps(data, indent=2))
     else:
         print(format_status(data) if command == "status" else format_peers(data["nodes"], now=time.time()))
+    return 0
+
+
+def _unreachable(url: str, exc: Exception) -> int:
+    print(f"dcn-node: cannot reach {url}: {exc}. Is `dcn-node run` running? Pass its gateway with --http URL.",
+          file=sys.stderr)
+    return 1
+
+
+def chat(base_url: str, prompt: str, *, model: str | None, strategy: str | None, fanout: int | None) -> int:
+    """Stream an answer to stdout; who answered (the distributed metadata) goes to stderr."""
+    base = base_url.rstrip("/")
+    try:
+        with httpx.Client(base_url=base, timeout=httpx.Timeout(10.0, read=600.0)) as client:
+            if model is None:
+                models = client.get("/api/tags").json().get("models", [])
+                if not models:
+                    print("dcn-node: no node of the network serves a model yet", file=sys.stderr)
+                    return 1
+                model = models[0]["name"]
+            distributed = {k: v for k, v in (("strategy", strategy), ("fanout", fanout)) if v is not None}
+            body = {"model": model, "messages": [{"role": "user", "content": prompt}], "distributed": distributed}
+            with client.stream("POST", "/api/chat", json=body) as response:
+                if response.status_code != 200:
+                    response.read()
+                    print(f"dcn-node: {response.json().get('error', response.text)}", file=sys.stderr)
+                    return 1
+                for line in response.iter_lines():
+                    if not line:
+                        continue
+                    event = json.loads(line)
+                    if "error" in event:
+                        print(f"\ndcn-node: {event['error']}", file=sys.stderr)
+                        return 1
+                    print(event["message"]["content"], end="", flush=True)
+                    if event.get("done"):
+                        print()
+                        meta = event.get("distributed") or {}
+                        if meta:
+                            print(f"[{meta.get('strategy')}: {len(meta.get('candidates', []))} candidate(s), "
+                                  f"winner {short_id(meta.get('winner') or '') or 'none'}]", file=sys.stderr)
+    except httpx.HTTPError as exc:
+        return _unreachable(base, exc)
     return 0
 
 

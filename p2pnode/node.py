@@ -16,10 +16,13 @@ from p2pnode.backends.local import ComputeConfig, LocalCompute
 from p2pnode.backends.resources import probe_resources
 from p2pnode.backends.select import select_backends
 from p2pnode.config import NodeConfig
+from p2pnode.coordinator import Coordinator, CoordinatorConfig
+from p2pnode.core.scheduler import Scheduler
 from p2pnode.core.identity import Identity
 from p2pnode.gateway import distributed_api, ollama_api, openai_api
 from p2pnode.gateway.app import GatewayApp, serve_gateway
 from p2pnode.net.discovery import Discovery, DiscoveryConfig
+from p2pnode.net.jobs import Jobs, JobsConfig
 from p2pnode.net.overlay import Overlay
 
 __all__ = ["Node", "NodeAddresses"]
@@ -41,10 +44,14 @@ class Node:
         self.identity = identity
         self.compute: LocalCompute | None = None
         self.overlay: Overlay | None = None
+        self.jobs = Jobs(lambda: self.compute, JobsConfig(), owner=config.user)
+        self.coordinator = Coordinator(
+            lambda: self.overlay, lambda: self.compute, self.jobs, Scheduler(), CoordinatorConfig(), user=config.user
+        )
         self.gateway = GatewayApp()
         distributed_api.install(self.gateway, lambda: self.overlay.membership, self._clocks)
-        ollama_api.install(self.gateway, lambda: self.compute)
-        openai_api.install(self.gateway, lambda: self.compute)
+        ollama_api.install(self.gateway, lambda: self.coordinator)
+        openai_api.install(self.gateway, lambda: self.coordinator)
 
     @staticmethod
     def _clocks() -> tuple[float, float]:
@@ -64,7 +71,8 @@ class Node:
                         await nursery.start(backend.run)
                 self.compute = LocalCompute(backends, probe_resources(), ComputeConfig(), on_change=self._changed)
                 await nursery.start(self.compute.run)
-                self.overlay = Overlay(self.identity, cfg.overlay, self._describe)
+                await nursery.start(self.jobs.run)
+                self.overlay = Overlay(self.identity, cfg.overlay, self._describe, extensions=[self.jobs])
                 peer_port = await nursery.start(self.overlay.run)
                 http_url = await nursery.start(serve_gateway, self.gateway, cfg.http_host, cfg.http_port)
                 if cfg.mdns:

@@ -79,6 +79,7 @@ class ChatChunk:
     done_reason: str | None = None  # "stop" or "length" on the last chunk
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    metadata: Mapping[str, Any] | None = None  # on the last chunk of a distributed answer: who did what
 
 
 @dataclass(frozen=True)

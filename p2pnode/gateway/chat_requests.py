@@ -9,8 +9,9 @@ from typing import Any
 
 from p2pnode.backends.base import ChatRequest
 from p2pnode.errors import GatewayError
+from p2pnode.gateway.service import Routing
 
-__all__ = ["ParsedChat", "parse_ollama_chat", "parse_openai_chat"]
+__all__ = ["ParsedChat", "parse_ollama_chat", "parse_ollama_generate", "parse_openai_chat"]
 
 MAX_MESSAGES = 1000
 MAX_MODEL_CHARS = 200
@@ -30,6 +31,9 @@ class ParsedChat:
     stream: bool
     distributed: dict[str, Any]  # the "distributed" field, for the coordinator
     use_distributed: bool
+
+    def routing(self, headers: dict[str, str]) -> Routing:
+        return Routing(self.use_distributed, self.distributed, headers.get("x-dcn-strategy"))
 
 
 def _bad(message: str) -> GatewayError:
@@ -124,6 +128,19 @@ def parse_ollama_chat(raw: Any) -> ParsedChat:
         keep_alive=keep_alive,
     )
     return ParsedChat(request, _flag(body, "stream", True), distributed, use)
+
+
+def parse_ollama_generate(raw: Any) -> ParsedChat:
+    """/api/generate: a prompt (and optional system prompt) instead of messages."""
+    body = _body(raw)
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str):
+        raise _bad("prompt must be a string")
+    system = body.get("system")
+    if system is not None and not isinstance(system, str):
+        raise _bad("system must be a string")
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    return parse_ollama_chat({**body, "messages": messages})
 
 
 def parse_openai_chat(raw: Any) -> ParsedChat:

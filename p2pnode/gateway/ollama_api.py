@@ -1,5 +1,9 @@
-"""Ollama's API (docs/api.md), so tools written for Ollama can use the node: /api/chat, /api/tags, /api/ps,
-/api/version. Streaming is NDJSON; durations are nanoseconds."""
+"""Ollama's API (docs/api.md), so tools written for Ollama can use the whole network: /api/chat, /api/generate,
+/api/tags (every model of the network, with the nodes that hold it), /api/ps, /api/version.
+
+Streaming is NDJSON: ``done: false`` lines, then one ``done: true`` line with done_reason and counters (durations
+in nanoseconds) and, for distributed answers, ``distributed``: the strategy, each candidate and the winner. An
+error after the first line is reported as a final ``{"error": ...}`` line, as Ollama does."""
 
 from __future__ import annotations
 
@@ -11,14 +15,14 @@ from typing import Any
 
 from p2pnode import __version__
 from p2pnode.backends.base import ChatChunk, ChatRequest
-from p2pnode.errors import BackendError
+from p2pnode.errors import BackendError, GatewayError, PeerError
 from p2pnode.gateway.app import GatewayApp, JSONResponse, Request, StreamResponse
-from p2pnode.gateway.chat_requests import parse_ollama_chat
-from p2pnode.gateway.service import ChatService, collect
+from p2pnode.gateway.chat_requests import ParsedChat, parse_ollama_chat, parse_ollama_generate
+from p2pnode.gateway.service import ChatService, Routing, collect
 
 __all__ = ["install"]
 
-# The Ollama API version we follow; clients check it (e.g. for features), dcn's own is in the header.
+# The Ollama API version we follow (clients check it for features); dcn's own version is "dcn_version".
 OLLAMA_API_VERSION = "0.12.0"
 
 
@@ -27,38 +31,54 @@ def _now(offset: float = 0.0) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e9):09d}Z"
 
 
-def _final(model: str, content: str, last: ChatChunk, start_ns: int) -> dict[str, Any]:
+def _line(model: str, content: str, *, chat: bool, done: bool) -> dict[str, Any]:
+    line: dict[str, Any] = {"model": model, "created_at": _now()}
+    line.update({"message": {"role": "assistant", "content": content}} if chat else {"response": content})
+    line["done"] = done
+    return line
+
+
+def _final(model: str, content: str, last: ChatChunk, start_ns: int, *, chat: bool) -> dict[str, Any]:
     total = time.monotonic_ns() - start_ns
-    return {
-        "model": model,
-        "created_at": _now(),
-        "message": {"role": "assistant", "content": content},
+    final = _line(model, content, chat=chat, done=True)
+    final.update({
         "done_reason": last.done_reason or "stop",
-        "done": True,
         "total_duration": total,
         "load_duration": 0,
         "prompt_eval_count": last.prompt_tokens or 0,
         "prompt_eval_duration": 0,
         "eval_count": last.completion_tokens or 0,
         "eval_duration": total,
-    }
+    })
+    if last.metadata is not None:
+        final["distributed"] = dict(last.metadata)
+    return final
 
 
 def install(app: GatewayApp, service: Callable[[], ChatService]) -> None:
-    async def chat(request: Request) -> JSONResponse | StreamResponse:
-        parsed = parse_ollama_chat(request.json())
-        chat_request = parsed.request
+    def answer(parsed: ParsedChat, request: Request, *, chat: bool) -> Any:
+        routing = parsed.routing(request.headers)
         if not parsed.stream:
-            return JSONResponse(await _whole(service(), chat_request))
-        return StreamResponse("application/x-ndjson", lambda: _ndjson(service(), chat_request))
+            return _whole(service(), parsed.request, routing, chat=chat)
+        return StreamResponse("application/x-ndjson", lambda: _ndjson(service(), parsed.request, routing, chat=chat))
+
+    async def chat(request: Request) -> JSONResponse | StreamResponse:
+        result = answer(parse_ollama_chat(request.json()), request, chat=True)
+        return result if isinstance(result, StreamResponse) else JSONResponse(await result)
+
+    async def generate(request: Request) -> JSONResponse | StreamResponse:
+        result = answer(parse_ollama_generate(request.json()), request, chat=False)
+        return result if isinstance(result, StreamResponse) else JSONResponse(await result)
 
     async def tags(request: Request) -> JSONResponse:
+        chat_service = service()
         return JSONResponse({"models": [
             {
                 "name": m.name, "model": m.name, "modified_at": _now(), "size": m.size, "digest": "",
                 "details": {"format": "gguf", "family": "", "parameter_size": "", "quantization_level": ""},
+                "nodes": chat_service.holders(m.name),
             }
-            for m in service().models
+            for m in chat_service.models
         ]})
 
     async def ps(request: Request) -> JSONResponse:
@@ -72,37 +92,31 @@ def install(app: GatewayApp, service: Callable[[], ChatService]) -> None:
         return JSONResponse({"version": OLLAMA_API_VERSION, "dcn_version": __version__})
 
     app.route("POST", "/api/chat", chat)
+    app.route("POST", "/api/generate", generate)
     app.route("GET", "/api/tags", tags)
     app.route("GET", "/api/ps", ps)
     app.route("GET", "/api/version", version)
 
 
-async def _whole(service: ChatService, request: ChatRequest) -> dict[str, Any]:
+async def _whole(service: ChatService, request: ChatRequest, routing: Routing, *, chat: bool) -> dict[str, Any]:
     start = time.monotonic_ns()
-    content, last = await collect(service, request)
-    return _final(request.model, content, last, start)
+    content, last = await collect(service, request, routing)
+    return _final(request.model, content, last, start, chat=chat)
 
 
 @asynccontextmanager
-async def _ndjson(service: ChatService, request: ChatRequest) -> AsyncIterator[AsyncIterator[bytes]]:
+async def _ndjson(service: ChatService, request: ChatRequest, routing: Routing, *, chat: bool) -> AsyncIterator[AsyncIterator[bytes]]:
     start = time.monotonic_ns()
-    async with service.open_chat(request) as chunks:
+    async with service.open_chat(request, routing) as chunks:
 
         async def lines() -> AsyncIterator[bytes]:
             try:
                 async for chunk in chunks:
                     if chunk.done:
-                        final = _final(request.model, chunk.content, chunk, start)
-                        yield json.dumps(final).encode() + b"\n"
+                        yield json.dumps(_final(request.model, chunk.content, chunk, start, chat=chat)).encode() + b"\n"
                         return
-                    line = {
-                        "model": request.model,
-                        "created_at": _now(),
-                        "message": {"role": "assistant", "content": chunk.content},
-                        "done": False,
-                    }
-                    yield json.dumps(line).encode() + b"\n"
-            except BackendError as exc:
+                    yield json.dumps(_line(request.model, chunk.content, chat=chat, done=False)).encode() + b"\n"
+            except (BackendError, GatewayError, PeerError) as exc:
                 yield json.dumps({"error": str(exc)}).encode() + b"\n"  # Ollama's mid-stream error line
 
         async with aclosing(lines()) as body:

@@ -11,10 +11,10 @@ from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
 from p2pnode.backends.base import ChatChunk, ChatRequest
-from p2pnode.errors import BackendError
+from p2pnode.errors import BackendError, GatewayError, PeerError
 from p2pnode.gateway.app import GatewayApp, JSONResponse, Request, StreamResponse
 from p2pnode.gateway.chat_requests import parse_openai_chat
-from p2pnode.gateway.service import ChatService, collect
+from p2pnode.gateway.service import ChatService, Routing, collect
 
 __all__ = ["install"]
 
@@ -27,9 +27,10 @@ def _usage(last: ChatChunk) -> dict[str, int]:
 def install(app: GatewayApp, service: Callable[[], ChatService]) -> None:
     async def completions(request: Request) -> JSONResponse | StreamResponse:
         parsed = parse_openai_chat(request.json())
+        routing = parsed.routing(request.headers)
         if not parsed.stream:
-            return JSONResponse(await _whole(service(), parsed.request))
-        return StreamResponse("text/event-stream", lambda: _sse(service(), parsed.request))
+            return JSONResponse(await _whole(service(), parsed.request, routing))
+        return StreamResponse("text/event-stream", lambda: _sse(service(), parsed.request, routing))
 
     async def models(request: Request) -> JSONResponse:
         created = int(time.time())
@@ -42,9 +43,9 @@ def install(app: GatewayApp, service: Callable[[], ChatService]) -> None:
     app.route("GET", "/v1/models", models)
 
 
-async def _whole(service: ChatService, request: ChatRequest) -> dict[str, Any]:
-    content, last = await collect(service, request)
-    return {
+async def _whole(service: ChatService, request: ChatRequest, routing: Routing) -> dict[str, Any]:
+    content, last = await collect(service, request, routing)
+    answer = {
         "id": "chatcmpl-" + secrets.token_hex(12),
         "object": "chat.completion",
         "created": int(time.time()),
@@ -56,6 +57,9 @@ async def _whole(service: ChatService, request: ChatRequest) -> dict[str, Any]:
         }],
         "usage": _usage(last),
     }
+    if last.metadata is not None:
+        answer["distributed"] = dict(last.metadata)
+    return answer
 
 
 def _event(data: Any) -> bytes:
@@ -63,19 +67,21 @@ def _event(data: Any) -> bytes:
 
 
 @asynccontextmanager
-async def _sse(service: ChatService, request: ChatRequest) -> AsyncIterator[AsyncIterator[bytes]]:
+async def _sse(service: ChatService, request: ChatRequest, routing: Routing) -> AsyncIterator[AsyncIterator[bytes]]:
     ident, created = "chatcmpl-" + secrets.token_hex(12), int(time.time())
 
-    def chunk_event(delta: dict[str, Any], finish: str | None, usage: dict[str, int] | None = None) -> bytes:
+    def chunk_event(delta: dict[str, Any], finish: str | None, last: ChatChunk | None = None) -> bytes:
         event: dict[str, Any] = {
             "id": ident, "object": "chat.completion.chunk", "created": created, "model": request.model,
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
         }
-        if usage is not None:
-            event["usage"] = usage
+        if last is not None:
+            event["usage"] = _usage(last)
+            if last.metadata is not None:
+                event["distributed"] = dict(last.metadata)
         return _event(event)
 
-    async with service.open_chat(request) as chunks:
+    async with service.open_chat(request, routing) as chunks:
 
         async def events() -> AsyncIterator[bytes]:
             yield chunk_event({"role": "assistant", "content": ""}, None)
@@ -83,10 +89,12 @@ async def _sse(service: ChatService, request: ChatRequest) -> AsyncIterator[Asyn
                 async for chunk in chunks:
                     if chunk.content:
                         yield chunk_event({"content": chunk.content}, None)
+                    elif not chunk.done:
+                        yield b": keep-alive\n\n"  # candidates are still running
                     if chunk.done:
-                        yield chunk_event({}, chunk.done_reason or "stop", _usage(chunk))
+                        yield chunk_event({}, chunk.done_reason or "stop", chunk)
                         break
-            except BackendError as exc:
+            except (BackendError, GatewayError, PeerError) as exc:
                 yield _event({"error": {"message": str(exc), "type": "server_error"}})
             yield b"data: [DONE]\n\n"
 

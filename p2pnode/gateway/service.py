@@ -1,29 +1,43 @@
-"""What the chat endpoints need from the node: models to list and a way to run a chat. Today the node's local
-compute provides it; the coordinator (distributed requests) will provide the same interface."""
+"""What the chat endpoints need from the node: the models to list and a way to run a chat. The coordinator
+provides it (distributed requests); tests may put a single backend behind it."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from p2pnode.backends.base import ChatChunk, ChatRequest, ModelInfo
 
-__all__ = ["ChatService", "collect"]
+__all__ = ["ChatService", "Routing", "collect"]
+
+
+@dataclass(frozen=True)
+class Routing:
+    """How the client asked for its request to be spread over the network (validated by the service)."""
+
+    use_distributed: bool = True
+    distributed: dict[str, Any] = field(default_factory=dict)  # the request body's "distributed" object
+    header_strategy: str | None = None  # X-DCN-Strategy
 
 
 class ChatService(Protocol):
     @property
     def models(self) -> list[ModelInfo]: ...
 
-    def open_chat(self, request: ChatRequest) -> AbstractAsyncContextManager[AsyncIterator[ChatChunk]]: ...
+    def holders(self, model: str) -> list[str]: ...
+
+    def open_chat(
+        self, request: ChatRequest, routing: Routing | None = None
+    ) -> AbstractAsyncContextManager[AsyncIterator[ChatChunk]]: ...
 
 
-async def collect(service: ChatService, request: ChatRequest) -> tuple[str, ChatChunk]:
-    """Run a chat to its end: the whole text, and the last chunk (reason and counters)."""
+async def collect(service: ChatService, request: ChatRequest, routing: Routing | None = None) -> tuple[str, ChatChunk]:
+    """Run a chat to its end: the whole text, and the last chunk (reason, counters, metadata)."""
     parts: list[str] = []
     last = ChatChunk()
-    async with service.open_chat(request) as chunks:
+    async with service.open_chat(request, routing) as chunks:
         async for chunk in chunks:
             parts.append(chunk.content)
             last = chunk

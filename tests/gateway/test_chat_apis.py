@@ -22,6 +22,23 @@ pytestmark = pytest.mark.slow
 ANSWER = "The quick brown fox jumps over the lazy dog."
 
 
+class LocalService:
+    """The chat service of a node with no peers: its own backends answer."""
+
+    def __init__(self, compute: LocalCompute) -> None:
+        self._compute = compute
+
+    @property
+    def models(self):
+        return self._compute.models
+
+    def holders(self, model: str) -> list[str]:
+        return ["self"] if self._compute.serves(model) else []
+
+    def open_chat(self, request, routing=None):
+        return self._compute.open_chat(request)
+
+
 @pytest.fixture
 async def gateway(nursery):
     fake = FakeOllama(models={"tiny:1b": FakeModel(answer=ANSWER)})
@@ -30,8 +47,9 @@ async def gateway(nursery):
     compute = LocalCompute([backend], Resources(2, 1000, 0, 0, "none"), ComputeConfig())
     await compute.refresh()
     app = GatewayApp()
-    ollama_api.install(app, lambda: compute)
-    openai_api.install(app, lambda: compute)
+    service = LocalService(compute)
+    ollama_api.install(app, lambda: service)
+    openai_api.install(app, lambda: service)
     url = await nursery.start(serve_gateway, app, "127.0.0.1", 0)
     yield fake, url
     await backend.aclose()

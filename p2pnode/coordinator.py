@@ -1,0 +1,481 @@
+"""One distributed request: plan, fan out, stream or combine, fail over, cancel.
+
+Whichever node receives a prompt coordinates it. :meth:`Coordinator.open_chat` runs the chosen strategy in a task
+of its own nursery, which puts chunks on a channel that the gateway reads; leaving the context cancels the task,
+and with it every job of the request on every node (local backend streams are closed, remote jobs get a cancel).
+
+- ``route``: the best-ranked node streams the answer. A node that fails before its first token is replaced by the
+  next; one that fails mid-stream is replaced too, and the next node is given the conversation plus the partial
+  answer as an assistant message to continue.
+- ``first``: the best node starts; if it has not produced a token after the recent p95 time-to-first-token, a
+  second one starts (hedging); with ``fanout`` k, k start at once. The first to produce a token streams, the
+  others are cancelled; failures after that fail over as in ``route``.
+- ``best``: every planned node answers in full; the answers are compared (majority vote on extracted final
+  answers, else minimum Bayes risk), stopping early once the vote cannot change; the winner is streamed.
+- ``judge``: as ``best``, then one more call to the strongest node asks which answer is most consistent
+  (both orders for two candidates); ``best``'s choice stands if the judge fails.
+- ``fuse``: as ``best``, then the strongest node writes one answer from all of them, streamed as it comes.
+
+Every answer's last chunk carries metadata: the strategy, each candidate (node, model, latency, outcome, score),
+and the winner.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import trio
+
+from p2pnode.backends.base import ChatChunk, ChatRequest, ModelInfo
+from p2pnode.backends.local import LocalCompute
+from p2pnode.core import combine
+from p2pnode.core.identity import short_id
+from p2pnode.core.scheduler import NodeView, Scheduler
+from p2pnode.errors import BackendError, GatewayError, PeerError
+from p2pnode.gateway.service import Routing
+from p2pnode.net._errors import first_leaf
+from p2pnode.net.jobs import Jobs
+from p2pnode.net.overlay import Overlay
+
+__all__ = ["STRATEGIES", "Coordinator", "CoordinatorConfig", "DistributedOptions"]
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("route", "first", "best", "judge", "fuse")
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    default_strategy: str = "best"  # the seed's default: every node that has the model answers, the best wins
+    default_timeout: float = 600.0
+    keepalive_interval: float = 5.0  # while candidates run, an empty chunk this often keeps the client's connection
+    max_fanout: int = 16
+
+
+@dataclass(frozen=True)
+class DistributedOptions:
+    strategy: str
+    fanout: int | None = None  # None: every node that serves the model (route and first use their own defaults)
+    timeout: float | None = None
+    models: tuple[str, ...] = ()  # an ensemble of different models, instead of the request's one
+    local_only: bool = False  # use_distributed: false
+
+    @classmethod
+    def parse(cls, raw: dict[str, Any], header: str | None, default: str, *, use: bool = True) -> DistributedOptions:
+        """From the request's ``distributed`` object and the ``X-DCN-Strategy`` header (the object wins)."""
+        strategy = raw.get("strategy") or header or default
+        if strategy not in STRATEGIES:
+            raise GatewayError(f"distributed.strategy must be one of {', '.join(STRATEGIES)}", status_hint=400)
+        fanout = raw.get("fanout")
+        if fanout is not None and (isinstance(fanout, bool) or not isinstance(fanout, int) or not 1 <= fanout <= 64):
+            raise GatewayError("distributed.fanout must be an integer from 1 to 64", status_hint=400)
+        timeout = raw.get("timeout")
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 3600):
+            raise GatewayError("distributed.timeout must be a number of seconds in (0, 3600]", status_hint=400)
+        models = raw.get("models") or ()
+        if not isinstance(models, (list, tuple)) or len(models) > 16 or not all(isinstance(m, str) and m for m in models):
+            raise GatewayError("distributed.models must be a list of at most 16 model names", status_hint=400)
+        return cls(strategy, fanout, float(timeout) if timeout else None, tuple(models), local_only=not use)
+
+
+@dataclass
+class _Attempt:
+    node: NodeView
+    model: str
+    started: float
+    outcome: str = "pending"
+    latency_ms: float = 0.0
+    content: str = ""
+    score: float | None = None
+    winner: bool = False
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "node": self.node.peer_id, "model": self.model, "latency_ms": round(self.latency_ms, 1),
+            "outcome": self.outcome, "score": None if self.score is None else round(self.score, 4),
+            "winner": self.winner,
+        }
+
+
+@dataclass
+class _Request:
+    """The bookkeeping of one distributed request."""
+
+    strategy: str
+    attempts: list[_Attempt] = field(default_factory=list)
+
+    def metadata(self) -> dict[str, Any]:
+        winner = next((a.node.peer_id for a in self.attempts if a.winner), None)
+        return {"strategy": self.strategy, "candidates": [a.report() for a in self.attempts], "winner": winner}
+
+
+class Coordinator:
+    def __init__(
+        self,
+        overlay: Callable[[], Overlay],
+        compute: Callable[[], LocalCompute | None],
+        jobs: Jobs,
+        scheduler: Scheduler,
+        config: CoordinatorConfig,
+        *,
+        user: str,
+    ) -> None:
+        self._overlay = overlay
+        self._compute = compute
+        self._jobs = jobs
+        self.scheduler = scheduler
+        self.config = config
+        self.user = user
+
+    # ---- what the network has ------------------------------------------------------------------------------
+
+    def nodes(self) -> list[NodeView]:
+        """Nodes that can take work now: this one, and alive peers we hold a link to."""
+        views = []
+        compute = self._compute()
+        if compute is not None:
+            record = self._overlay().local_record.record
+            views.append(NodeView(
+                peer_id=record.peer_id, models=tuple(m.name for m in compute.models), current_load=compute.tracker.load,
+                active_tasks=compute.tracker.active, response_time=compute.tracker.response_ms,
+                loaded_models=tuple(m.name for m in compute.models if m.loaded), is_local=True,
+            ))
+        overlay = self._overlay()
+        for member in overlay.membership.alive():
+            record = member.signed.record
+            if record.models and overlay.link_to(record.peer_id) is not None:
+                views.append(NodeView(
+                    peer_id=record.peer_id, models=record.models, current_load=record.current_load,
+                    active_tasks=record.active_tasks, response_time=record.response_time,
+                ))
+        return views
+
+    @property
+    def models(self) -> list[ModelInfo]:
+        """Every model some reachable node serves (the gateway's /api/tags and /v1/models)."""
+        names = sorted({m for node in self.nodes() for m in node.models})
+        local = {m.name: m for m in (self._compute().models if self._compute() else [])}
+        return [local.get(name, ModelInfo(name=name)) for name in names]
+
+    def holders(self, model: str) -> list[str]:
+        return [node.peer_id for node in self.nodes() if model in node.models]
+
+    # ---- running a request ---------------------------------------------------------------------------------
+
+    def open_chat(self, request: ChatRequest, routing: Routing | None = None) -> AbstractAsyncContextManager[AsyncIterator[ChatChunk]]:
+        """The gateway's entry point: ``routing`` is how the client asked for the request to be distributed."""
+        routing = routing or Routing()
+        options = DistributedOptions.parse(
+            routing.distributed, routing.header_strategy, self.config.default_strategy, use=routing.use_distributed
+        )
+        return self._open(request, options)
+
+    @asynccontextmanager
+    async def _open(self, request: ChatRequest, options: DistributedOptions) -> AsyncIterator[AsyncIterator[ChatChunk]]:
+        timeout = options.timeout or request.timeout or self.config.default_timeout
+        request = replace(request, timeout=timeout)
+        state = _Request(options.strategy)
+        plan = self._plan(request, options)
+        deadline = trio.current_time() + timeout
+        send, receive = trio.open_memory_channel[ChatChunk | BaseException](16)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._produce, request, options, plan, state, send, deadline)
+                first = await receive.receive()  # errors before any output keep their HTTP status
+                if isinstance(first, BaseException):
+                    raise first
+                async with aclosing(_relay(first, receive)) as chunks:
+                    yield chunks
+                nursery.cancel_scope.cancel()
+        except* (GatewayError, BackendError, PeerError) as group:
+            raise first_leaf(group) from None  # one clear error for the gateway, not a group
+
+    def _plan(self, request: ChatRequest, options: DistributedOptions) -> list[tuple[str, NodeView]]:
+        nodes = [n for n in self.nodes() if n.is_local or not options.local_only]
+        if options.models:
+            plan = self.scheduler.plan_ensemble(nodes, options.models)
+        else:
+            default_fanout = 1 if options.strategy in ("route", "first") else None
+            fanout = min(options.fanout or default_fanout or self.config.max_fanout, self.config.max_fanout)
+            plan = [(request.model, node) for node in self.scheduler.plan(nodes, request.model, fanout=fanout)]
+        if not plan:
+            if any(request.model in node.models for node in nodes) or options.models:
+                raise GatewayError("no node can serve this request now", status_hint=503)
+            raise GatewayError(f"model {request.model!r} is not served by any node of the network", status_hint=404)
+        return plan
+
+    async def _produce(self, request: ChatRequest, options: DistributedOptions, plan: list[tuple[str, NodeView]],
+                       state: _Request, send: trio.MemorySendChannel, deadline: float) -> None:
+        strategy = {"route": self._route, "first": self._first, "best": self._combine,
+                    "judge": self._combine, "fuse": self._combine}[options.strategy]
+        async with send:
+            try:
+                with trio.move_on_at(deadline) as scope:
+                    await strategy(request, options, plan, state, send)
+                if scope.cancelled_caught:
+                    raise GatewayError(f"no answer within the request's {request.timeout:.0f} s deadline", status_hint=504)
+            except (GatewayError, BackendError, PeerError) as exc:
+                await send.send(exc)
+
+    # ---- streaming strategies ------------------------------------------------------------------------------
+
+    def _open_on(self, node: NodeView, request: ChatRequest) -> AbstractAsyncContextManager[AsyncIterator[ChatChunk]]:
+        if node.is_local:
+            return self._compute().open_chat(request)
+        link = self._overlay().link_to(node.peer_id)
+        if link is None:
+            raise _NodeGone(node)
+        return self._jobs.open_remote_chat(link, request, user=self.user)
+
+    async def _stream_from(self, node: NodeView, model: str, request: ChatRequest, state: _Request,
+                           send: trio.MemorySendChannel, produced: list[str], *, on_first: Callable[[], None] | None = None) -> ChatChunk:
+        """Stream one node's answer to the client, appending to ``produced``; returns the final chunk."""
+        attempt = _Attempt(node, model, time.perf_counter())
+        state.attempts.append(attempt)
+        self.scheduler.started(node.peer_id)
+        ttft = None
+        try:
+            if produced:  # continue a partial answer another node began
+                request = replace(request, messages=(*request.messages, {"role": "assistant", "content": "".join(produced)}))
+            async with self._open_on(node, replace(request, model=model)) as chunks:
+                async for chunk in chunks:
+                    if chunk.content:
+                        if ttft is None:
+                            ttft = (time.perf_counter() - attempt.started) * 1000
+                            if on_first is not None:
+                                on_first()
+                        produced.append(chunk.content)
+                        await send.send(ChatChunk(content=chunk.content))
+                    if chunk.done:
+                        attempt.outcome, attempt.winner = "ok", True
+                        return chunk
+            raise BackendError(f"{short_id(node.peer_id)} ended without a final chunk")
+        except BaseException as exc:
+            attempt.outcome = "cancelled" if isinstance(exc, trio.Cancelled) else "error"
+            raise
+        finally:
+            attempt.latency_ms = (time.perf_counter() - attempt.started) * 1000
+            self.scheduler.finished(node.peer_id, ttft_ms=ttft, ok=attempt.outcome == "ok")
+
+    async def _failover(self, request: ChatRequest, plan: list[tuple[str, NodeView]], state: _Request,
+                        send: trio.MemorySendChannel, produced: list[str], failed: set[str]) -> None:
+        """Serve the request from the best nodes in turn until one finishes, continuing any partial answer."""
+        queue = list(plan)
+        while True:
+            if not queue:  # re-plan: load figures moved, and more nodes may serve the model than were planned
+                queue = [(request.model, n) for n in self.scheduler.candidates(self.nodes(), request.model)
+                         if n.peer_id not in failed]
+                if not queue:
+                    raise GatewayError(f"every node that serves {request.model!r} failed", status_hint=503)
+            model, node = queue.pop(0)
+            try:
+                final = await self._stream_from(node, model, request, state, send, produced)
+            except (BackendError, PeerError, _NodeGone) as exc:
+                failed.add(node.peer_id)
+                log.info("%s failed %s (%s): failing over", short_id(node.peer_id), "mid-stream" if produced else "before its first token", exc)
+                continue
+            await send.send(replace(final, content="", metadata=state.metadata()))
+            return
+
+    async def _route(self, request, options, plan, state, send) -> None:
+        await self._failover(request, plan, state, send, [], set())
+
+    async def _first(self, request, options, plan, state, send) -> None:
+        """Race: the first node to produce a token streams and the others are cancelled; with one racer, a
+        second joins (hedging) once the first has waited past the recent p95 time to first token."""
+        produced: list[str] = []
+        failed: set[str] = set()
+        won = trio.Event()
+        result: dict[str, Any] = {}
+        scopes: dict[str, trio.CancelScope] = {}
+        racing = {node.peer_id for _, node in plan}
+        hedges = [n for n in self.scheduler.candidates(self.nodes(), request.model) if n.peer_id not in racing]
+
+        async def race(model: str, node: NodeView, nursery: trio.Nursery) -> None:
+            own: list[str] = []
+            gate = _Gate(send)
+
+            def claim() -> None:
+                if not won.is_set():
+                    won.set()
+                    gate.owner = True
+                    for peer_id, scope in scopes.items():
+                        if peer_id != node.peer_id:
+                            scope.cancel()
+
+            with scopes.setdefault(node.peer_id, trio.CancelScope()):
+                try:
+                    final = await self._stream_from(node, model, request, state, gate, own, on_first=claim)
+                    claim()  # an answer without any token wins if nobody spoke first
+                    if gate.owner:
+                        result["final"] = final
+                        produced.extend(own)
+                except (BackendError, PeerError, _NodeGone):
+                    failed.add(node.peer_id)
+                    if gate.owner:  # the winner died mid-stream: the rest continues elsewhere
+                        produced.extend(own)
+                        nursery.cancel_scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            for model, node in plan:
+                nursery.start_soon(race, model, node, nursery)
+            if len(plan) == 1 and hedges:
+                # Until enough first tokens were timed, the scheduler's default delay stands in for the p95.
+                delay = self.scheduler.hedge_delay_ms() or self.scheduler.config.default_hedge_ms
+                with trio.move_on_after(delay / 1000):
+                    await won.wait()
+                if not won.is_set():
+                    log.debug("hedging %s after %.0f ms without a first token", request.model, delay)
+                    nursery.start_soon(race, request.model, hedges[0], nursery)
+        if "final" in result:
+            await send.send(replace(result["final"], content="", metadata=state.metadata()))
+            return
+        # Nobody finished (all failed, or the winner died mid-stream): continue like route from what was sent.
+        await self._failover(request, [], state, send, produced, failed)
+
+    # ---- combining strategies ------------------------------------------------------------------------------
+
+    async def _combine(self, request, options, plan, state, send) -> None:
+        candidates = await self._gather(request, plan, state, send)
+        selection = combine.select_best(candidates)
+        for attempt, score in zip(state.attempts, selection.scores):
+            attempt.score = score
+        winner = selection.winner
+        if options.strategy == "judge" and winner is not None:
+            winner = await self._judge(request, candidates, state, winner)
+        if options.strategy == "fuse" and selection.winner is not None:
+            await self._fuse(request, candidates, state, send)
+            return
+        if winner is None:
+            raise GatewayError("no node produced a usable answer", status_hint=502)
+        state.attempts[winner].winner = True
+        chosen = candidates[winner]
+        await send.send(ChatChunk(content=chosen.content))
+        reason = "length" if chosen.outcome == "truncated" else "stop"
+        await send.send(ChatChunk(done=True, done_reason=reason, metadata=state.metadata()))
+
+    async def _gather(self, request, plan, state, send) -> list[combine.Candidate]:
+        """Full answers from every planned node, in plan order; stops early when the vote is decided."""
+        attempts = [_Attempt(node, model, time.perf_counter()) for model, node in plan]
+        state.attempts.extend(attempts)
+        done = trio.Event()
+
+        async def answer(attempt: _Attempt) -> None:
+            self.scheduler.started(attempt.node.peer_id)
+            parts: list[str] = []
+            ttft = None
+            try:
+                async with self._open_on(attempt.node, replace(request, model=attempt.model)) as chunks:
+                    async for chunk in chunks:
+                        if chunk.content and ttft is None:
+                            ttft = (time.perf_counter() - attempt.started) * 1000
+                        parts.append(chunk.content)
+                        if chunk.done:
+                            attempt.outcome = "truncated" if chunk.done_reason == "length" else "ok"
+                if attempt.outcome == "pending":
+                    attempt.outcome = "error"
+            except (BackendError, PeerError, _NodeGone) as exc:
+                attempt.outcome = "error"
+                log.info("candidate from %s failed: %s", short_id(attempt.node.peer_id), exc)
+            except trio.Cancelled:
+                attempt.outcome = "cancelled"
+                raise
+            finally:
+                attempt.content = "".join(parts)
+                attempt.latency_ms = (time.perf_counter() - attempt.started) * 1000
+                self.scheduler.finished(attempt.node.peer_id, ttft_ms=ttft, ok=attempt.outcome == "ok")
+            finished = [a for a in attempts if a.outcome != "pending"]
+            pending = len(attempts) - len(finished)
+            if not pending or combine.can_stop_early([_candidate(a) for a in finished], pending):
+                done.set()
+
+        async with trio.open_nursery() as nursery:
+            for attempt in attempts:
+                nursery.start_soon(answer, attempt)
+            while not done.is_set():
+                with trio.move_on_after(self.config.keepalive_interval):
+                    await done.wait()
+                if not done.is_set():
+                    await send.send(ChatChunk(content=""))  # keeps the client's connection while candidates run
+            nursery.cancel_scope.cancel()
+        for attempt in attempts:
+            if attempt.outcome == "pending":
+                attempt.outcome = "cancelled"
+        return [_candidate(a) for a in attempts]
+
+    def _strongest(self, exclude: set[str], model: str) -> NodeView | None:
+        ranked = self.scheduler.candidates(self.nodes(), model)
+        return next((n for n in ranked if n.peer_id not in exclude), ranked[0] if ranked else None)
+
+    async def _judge(self, request, candidates, state, fallback: int) -> int:
+        usable = [i for i, c in enumerate(candidates) if combine.usable(c)]
+        if len(usable) < 2:
+            return fallback
+        judge = self._strongest({candidates[i].node for i in usable}, request.model)
+        if judge is None:
+            return fallback
+        question = str(request.messages[-1].get("content", ""))
+        texts = [combine.strip_thinking(candidates[i].content) for i in usable]
+        orders = combine.judge_orders(len(texts))
+        choices = []
+        for order in orders:
+            prompt = combine.judge_prompt(question, [texts[i] for i in order])
+            judge_request = replace(request, messages=({"role": "user", "content": prompt},), options={"temperature": 0})
+            try:
+                async with self._open_on(judge, judge_request) as chunks:
+                    verdict = "".join([c.content async for c in chunks])
+            except (BackendError, PeerError, _NodeGone) as exc:
+                log.info("judge %s failed (%s): keeping the consensus choice", short_id(judge.peer_id), exc)
+                return fallback
+            choices.append(combine.parse_judge_choice(verdict, len(texts)))
+        picked = combine.combine_judgements(choices, orders, len(texts))
+        state.attempts.append(_Attempt(judge, request.model, 0.0, outcome="judge"))
+        return usable[picked] if picked is not None else fallback
+
+    async def _fuse(self, request, candidates, state, send) -> None:
+        usable = [c for c in candidates if combine.usable(c)]
+        question = str(request.messages[-1].get("content", ""))
+        prompt = combine.fuse_prompt(question, [combine.strip_thinking(c.content) for c in usable])
+        fused = replace(request, messages=(*request.messages[:-1], {"role": "user", "content": prompt}))
+        aggregator = self._strongest(set(), request.model)
+        plan = [(request.model, aggregator)] if aggregator else []
+        await self._failover(fused, plan, state, send, [], set())
+
+
+class _NodeGone(Exception):
+    """A planned peer has no link any more."""
+
+    def __init__(self, node: NodeView) -> None:
+        super().__init__(f"no link to {short_id(node.peer_id)}")
+
+
+class _Gate:
+    """Lets only the racer that produced the first token write to the client."""
+
+    def __init__(self, send: trio.MemorySendChannel) -> None:
+        self._send = send
+        self.owner = False
+
+    async def send(self, chunk: ChatChunk) -> None:
+        if self.owner:
+            await self._send.send(chunk)
+
+
+def _candidate(attempt: _Attempt) -> combine.Candidate:
+    return combine.Candidate(
+        node=attempt.node.peer_id, model=attempt.model, content=attempt.content, outcome=attempt.outcome,
+        latency_ms=attempt.latency_ms, weight=attempt.node.weight,
+    )
+
+
+async def _relay(first: ChatChunk, receive: trio.MemoryReceiveChannel) -> AsyncIterator[ChatChunk]:
+    yield first
+    async for item in receive:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
