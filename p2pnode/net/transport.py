@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import trio
 import trio_websocket
 from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, WebSocketRequest
+from wsproto.utilities import LocalProtocolError as WsprotoError
 
 from p2pnode.core.identity import Identity, short_id, verify_signature
 from p2pnode.core.records import PROTOCOL_VERSION, SignedRecord, open_record
@@ -34,7 +35,7 @@ from p2pnode.errors import (
     PeerUnreachable,
     RemoteProtocolError,
 )
-from p2pnode.net._errors import map_exceptions, naming_bind_errors as _naming
+from p2pnode.net._errors import first_leaf, map_exceptions, naming_bind_errors as _naming
 
 __all__ = ["CloseCode", "HandshakeConfig", "LinkStatistics", "PeerLink", "dial", "parse_peer_url", "serve_peers"]
 
@@ -275,6 +276,8 @@ async def dial(
         raise PeerRejected(f"{url} refused the websocket upgrade (HTTP {exc.status_code})") from exc
     except (HandshakeError, OSError) as exc:
         raise PeerUnreachable(f"cannot connect to {url}: {exc.__cause__ or exc}") from exc
+    except WsprotoError as exc:  # trio-websocket's own protocol slip (see serve_peers): the link is just gone
+        raise PeerUnreachable(f"link to {url} broke: {exc}") from exc
 
 
 async def serve_peers(
@@ -303,20 +306,26 @@ async def serve_peers(
             return
         await handler(link)
 
-    async with trio.open_nursery() as nursery:
-        with _naming(f"cannot listen for peers on {host}:{port}", "--listen"):
-            server = await nursery.start(
-                lambda task_status: trio_websocket.serve_websocket(
-                    on_request,
-                    host,
-                    port,
-                    None,
-                    handler_nursery=nursery,
-                    max_message_size=config.limits.max_message_bytes,
-                    connect_timeout=config.timeout,
-                    disconnect_timeout=1,
-                    task_status=task_status,
-                )
-            )
-        task_status.started(server.port)
+    async def on_connection(stream: trio.SocketStream) -> None:
+        # One connection's failure, whatever trio-websocket raises for it (e.g. answering a ping after our close,
+        # python-trio/trio-websocket#184, which a stranger can provoke), must never end the listener.
+        try:
+            async with trio.open_nursery() as connection:
+                with trio.fail_after(config.timeout):
+                    request = await trio_websocket.wrap_server_stream(
+                        connection, stream, max_message_size=config.limits.max_message_bytes
+                    )
+                await on_request(request)
+                connection.cancel_scope.cancel()
+        except* (trio.TooSlowError, trio.BrokenResourceError, ConnectionClosed, WsprotoError, OSError) as group:
+            log.debug("inbound connection ended: %r", first_leaf(group))
+        finally:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
 
+    with _naming(f"cannot listen for peers on {host}:{port}", "--listen"):
+        listeners = await trio.open_tcp_listeners(port, host=host)
+    async with trio.open_nursery() as nursery:
+        bound = listeners[0].socket.getsockname()[1]
+        nursery.start_soon(trio.serve_listeners, on_connection, listeners)
+        task_status.started(bound)
