@@ -30,9 +30,9 @@ DEFAULT_HTTP = "127.0.0.1:11435"
 class GossipConfig:
     interval: float = 0.2  # seconds between gossip rounds
     fanout: int = 3  # peers each round's rumors go to
-    retransmit_mult: int = 3  # each rumor is sent retransmit_mult * ceil(log10(n+1)) times
+    retransmit_mult: int = 4  # each rumor is sent retransmit_mult * ceil(log10(n+1)) times
     sync_interval: float = 10.0  # seconds between push-pull state exchanges with one random peer
-    refresh_interval: float = 15.0  # seconds between re-issues of our record when nothing changed
+    refresh_interval: float = 30.0  # seconds between re-issues of our record when nothing changed (±20%)
     min_refresh_interval: float = 1.0  # at most one re-issue this often when load or models change
     record_lifetime: float = 120.0  # seconds a record stays valid after issue
     max_message_items_bytes: int = 256 * 1024  # payload bytes per gossip or sync message

@@ -53,7 +53,7 @@ class MemberState(enum.StrEnum):
 
 @dataclass(frozen=True)
 class MembershipConfig:
-    stale_after: float = 60.0  # seconds without a newer record before an ALIVE member becomes SUSPECT
+    stale_after: float = 90.0  # seconds without a newer record before an ALIVE member becomes SUSPECT
     suspicion_timeout: float = 2.0  # seconds a SUSPECT member has to refute before it is OFFLINE
     forget_after: float = 600.0  # seconds an OFFLINE or LEFT member stays listed
     record_grace: float = 30.0  # a forgotten member's seq is kept until its record expired + this (clock skew)
@@ -66,6 +66,7 @@ class Member:
     state: MemberState
     state_since: float  # local time of the last state change
     refreshed_at: float  # local time the current record arrived
+    notice: SignedNotice | None = None  # why it is SUSPECT or OFFLINE, handed on in push-pull
 
     @property
     def peer_id(self) -> str:
@@ -134,13 +135,17 @@ class Membership:
         return digest
 
     def newer_than(self, digest: Mapping[str, int]) -> list[bytes]:
-        """Envelopes we hold that the owner of ``digest`` lacks or holds an older copy of. Records of OFFLINE
-        members are not handed out: a record carries no liveness, so a joiner would take them as alive."""
-        out = [
-            m.signed.envelope
-            for pid, m in self._members.items()
-            if digest.get(pid, -1) < m.seq and m.state is not MemberState.OFFLINE
-        ]
+        """Envelopes the owner of ``digest`` lacks: records it has not or only older, and the notices that made
+        members it holds with our seq SUSPECT or OFFLINE (a peer that missed a notice's rumor learns it here).
+        Records of OFFLINE members are not handed out: a record carries no liveness, a joiner would take them
+        as alive."""
+        out = []
+        for pid, m in self._members.items():
+            held = digest.get(pid, -1)
+            if held < m.seq and m.state is not MemberState.OFFLINE:
+                out.append(m.signed.envelope)
+            elif held == m.seq and m.notice is not None and m.state in (MemberState.SUSPECT, MemberState.OFFLINE):
+                out.append(m.notice.envelope)
         if digest.get(self.self_id, -1) < self.local.record.seq:
             out.append(self.local.envelope)
         return out
@@ -188,6 +193,7 @@ class Membership:
             raise StaleRecord(f"seq {record.seq} is not newer than {member.seq}")
         member.signed = signed
         member.refreshed_at = now
+        member.notice = None  # a newer record answers any doubt
         return Outcome(fresh=True, state=self._move(member, state, now))
 
     def apply_notice(self, signed: SignedNotice, now: float) -> Outcome:
@@ -200,8 +206,10 @@ class Membership:
         if member is None or notice.issuer == notice.target or notice.seq < member.seq:
             return Outcome()  # unknown target, or already refuted by a newer record
         if notice.kind is NoticeKind.SUSPECT and member.state is MemberState.ALIVE:
+            member.notice = signed
             return Outcome(fresh=True, state=self._move(member, MemberState.SUSPECT, now))
         if notice.kind is NoticeKind.DEAD and member.state in (MemberState.ALIVE, MemberState.SUSPECT):
+            member.notice = signed
             return Outcome(fresh=True, state=self._move(member, MemberState.OFFLINE, now))
         return Outcome()
 

@@ -116,12 +116,11 @@ class Gossip:
             digest = hashlib.blake2b(envelope, digest_size=16).digest()
             if digest in self._seen:
                 continue
-            self._seen[digest] = None
-            if len(self._seen) > SEEN_LIMIT:
-                self._seen.popitem(last=False)
             try:
                 statement = open_envelope(envelope, now=wall, limits=self.config.records)
                 if isinstance(statement, SignedRecord):
+                    # Records only: a notice may arrive before its target's record, and must count then.
+                    self._remember(digest)
                     outcome = self.membership.apply_record(statement, mono)
                     subject = ("record", statement.record.peer_id)
                     supersedes: tuple[tuple[str, str], ...] = (("notice", statement.record.peer_id),)
@@ -143,6 +142,11 @@ class Gossip:
                     log.info("new peer %s (%s)", short_id(outcome.joined), statement.record.name or "unnamed")
                 elif outcome.state is not None:
                     log.info("peer %s is %s", short_id(subject[1]), outcome.state)
+
+    def _remember(self, digest: bytes) -> None:
+        self._seen[digest] = None
+        if len(self._seen) > SEEN_LIMIT:
+            self._seen.popitem(last=False)
 
     def spread(self, notice: SignedNotice) -> None:
         """Queue a notice we made ourselves (it is already applied to our table)."""
@@ -224,7 +228,8 @@ class Gossip:
     async def _refresh_loop(self) -> None:
         gossip = self.config.gossip
         while True:
-            with trio.move_on_after(gossip.refresh_interval):
+            # Jittered, so nodes started together do not all re-issue (and verify each other) in one instant.
+            with trio.move_on_after(gossip.refresh_interval * (0.8 + 0.4 * self._rng.random())):
                 await self._refresh_now.wait()
             # Load changes are coalesced into one record per min_refresh_interval.
             await trio.sleep_until(self._last_issue + gossip.min_refresh_interval)

@@ -184,6 +184,7 @@ class Overlay:
             await self._send_quietly(link, SyncReply(tuple(table), ()))
             await link.aclose(CloseCode.FULL, "peer limit reached")
             self.gossip.accept([link.record.envelope], link.peer_id)
+            self._account(link)
             return
         await self._run_link(link)
 
@@ -205,6 +206,7 @@ class Overlay:
     async def _run_link(self, link: PeerLink) -> None:
         if not self._register(link):
             await link.aclose(CloseCode.DUPLICATE, "a link to this peer already exists")
+            self._account(link)
             return
         log.debug("link up: %r at %s", link, link.remote_address)
         self.gossip.accept([link.record.envelope], link.peer_id)
@@ -260,9 +262,7 @@ class Overlay:
     def _unregister(self, link: PeerLink) -> None:
         for extension in self._extensions:
             extension.link_closed(link)
-        stats = link.statistics()
-        self._closed_bytes[0] += stats.bytes_sent
-        self._closed_bytes[1] += stats.bytes_received
+        self._account(link)
         if self._links.get(link.peer_id) is not link:
             return  # replaced by a newer link to the same peer
         del self._links[link.peer_id]
@@ -275,6 +275,12 @@ class Overlay:
         self._observe(link.peer_id, NoticeKind.SUSPECT, "lost link to %s without goodbye: suspect")
         if self.membership.get(link.peer_id) is not None:
             self._nursery.start_soon(self._confirm_or_reconnect, link.peer_id)
+
+    def _account(self, link: PeerLink) -> None:
+        """Keep the traffic of a link that is gone in the totals."""
+        stats = link.statistics()
+        self._closed_bytes[0] += stats.bytes_sent
+        self._closed_bytes[1] += stats.bytes_received
 
     def _observe(self, peer_id: str, kind: NoticeKind, message: str) -> None:
         notice = self.membership.observe_failure(

@@ -668,3 +668,16 @@ def test_fake_network_refutes_a_suspicion_about_a_live_node_everywhere(seed):
     for node in net.nodes.values():
         if node is not target:
             assert node.membership.apply_notice(notice, net.now) == Outcome()
+
+
+def test_push_pull_hands_on_the_notice_behind_a_member_held_down():
+    table = make_membership(peers=(P1,))
+    dead = make_notice(P2, P1, kind=NoticeKind.DEAD)
+    table.apply_notice(dead, T0)
+    # A peer that holds P1's record (seq 10) as alive missed the notice: it gets the notice, not the record.
+    assert table.newer_than({P1.peer_id: 10, ME.peer_id: 10}) == [dead.envelope]
+    # A joiner that does not know P1 gets nothing about it: neither the offline record nor the notice.
+    assert table.newer_than({ME.peer_id: 10}) == []
+    # Once refuted by a newer record, the notice is history.
+    table.apply_record(make_record(P1, seq=11), T0 + 1)
+    assert table.newer_than({P1.peer_id: 11, ME.peer_id: 10}) == []
