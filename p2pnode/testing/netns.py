@@ -9,6 +9,7 @@ Cutting a host's link takes its bridge port down: a partition without stopping a
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -54,8 +55,10 @@ class LabHost:
 @dataclass
 class Lab:
     hosts_count: int
-    subnet: int = field(default_factory=lambda: 64 + os.getpid() % 128)  # K in 198.18.K.0/24
-    tag: str = field(default_factory=lambda: f"d{os.getpid() % 100000}")
+    # Fresh names and subnet for every lab: the kernel tears down a deleted namespace's links lazily, so a
+    # lab built right after another with the same names could find them still there.
+    subnet: int = field(default_factory=lambda: 64 + secrets.randbelow(128))  # K in 198.18.K.0/24
+    tag: str = field(default_factory=lambda: "d" + secrets.token_hex(3))
     hosts: list[LabHost] = field(default_factory=list)
 
     @property
@@ -130,7 +133,7 @@ class Lab:
 
     def destroy(self) -> None:
         for host in self.hosts:
-            subprocess.run(["ip", "netns", "pids", host.netns], capture_output=True)
+            subprocess.run(["ip", "link", "del", host.port_name], capture_output=True)
             subprocess.run(["ip", "netns", "del", host.netns], capture_output=True)
         subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
         self.hosts.clear()
