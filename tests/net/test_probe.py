@@ -7,24 +7,13 @@ import trio
 
 from p2pnode.core.wire import Ping, Pong, WireLimits, decode, encode
 from p2pnode.errors import PeerTimeout
-from tests.net.test_transport import Identity, run_handshake, ws_pair
+from p2pnode.net.overlay import Overlay
+from tests.net.helpers import overlay_config
+from tests.net.test_transport import linked_pair
 
 
 async def test_an_idle_link_is_pinged_and_a_silent_peer_times_out(nursery, autojump_clock):
-    from p2pnode.net.overlay import Overlay
-    from tests.net.helpers import overlay_config
-
-    client, server = await ws_pair(nursery)
-    alice, bob = Identity.generate(), Identity.generate()
-    links = {}
-
-    async def side(name, ws, identity, initiator):
-        links[name] = await run_handshake(ws, identity, initiator=initiator)
-
-    async with trio.open_nursery() as inner:
-        inner.start_soon(side, "alice", client, alice, True)
-        inner.start_soon(side, "bob", server, bob, False)
-    link = links["alice"]
+    alice, _, link, _, _, server = await linked_pair(nursery)
     config = overlay_config()
     overlay = Overlay(alice, config, lambda: {})
     nursery.start_soon(link.run_writer)
@@ -46,17 +35,7 @@ async def test_an_idle_link_is_pinged_and_a_silent_peer_times_out(nursery, autoj
 
 
 async def test_a_ping_is_answered_and_any_message_counts_as_life(nursery, autojump_clock):
-    client, server = await ws_pair(nursery)
-    alice, bob = Identity.generate(), Identity.generate()
-    links = {}
-
-    async def side(name, ws, identity, initiator):
-        links[name] = await run_handshake(ws, identity, initiator=initiator)
-
-    async with trio.open_nursery() as inner:
-        inner.start_soon(side, "alice", client, alice, True)
-        inner.start_soon(side, "bob", server, bob, False)
-    bob_link = links["bob"]
+    _, _, _, bob_link, client, _ = await linked_pair(nursery)
     nursery.start_soon(bob_link.run_writer)
     await trio.sleep(10)
     await client.send_message(encode(Ping()))

@@ -47,7 +47,10 @@ async def run_handshake(ws, identity: Identity, *, initiator: bool, network: str
     )
 
 
-async def test_both_sides_learn_the_other_peer_and_its_record(nursery):
+async def linked_pair(nursery: trio.Nursery):
+    """Alice (dialling) and Bob, handshaken over in-memory websockets.
+
+    Returns (alice, bob, alice's link, bob's link, client websocket, server websocket)."""
     client, server = await ws_pair(nursery)
     alice, bob = Identity.generate(), Identity.generate()
     links = {}
@@ -58,9 +61,14 @@ async def test_both_sides_learn_the_other_peer_and_its_record(nursery):
     async with trio.open_nursery() as inner:
         inner.start_soon(side, "alice", client, alice, True)
         inner.start_soon(side, "bob", server, bob, False)
-    assert links["alice"].peer_id == bob.peer_id and links["alice"].initiator
-    assert links["bob"].peer_id == alice.peer_id and not links["bob"].initiator
-    assert links["bob"].record.record.peer_id == alice.peer_id
+    return alice, bob, links["alice"], links["bob"], client, server
+
+
+async def test_both_sides_learn_the_other_peer_and_its_record(nursery):
+    alice, bob, alice_link, bob_link, _, _ = await linked_pair(nursery)
+    assert alice_link.peer_id == bob.peer_id and alice_link.initiator
+    assert bob_link.peer_id == alice.peer_id and not bob_link.initiator
+    assert bob_link.record.record.peer_id == alice.peer_id
 
 
 async def test_a_silent_peer_times_out_at_the_handshake_deadline(nursery, autojump_clock):
