@@ -189,3 +189,26 @@ async def test_a_node_killed_before_its_first_token_is_replaced(network, nursery
     assert response.status_code == 200 and response.json()["message"]["content"] == DEFAULT_ANSWER
     outcomes = [(c["node"], c["outcome"]) for c in response.json()["distributed"]["candidates"]]
     assert outcomes == [(ollama_node.node.identity.peer_id, "error"), (llama_node.node.identity.peer_id, "ok")]
+
+
+async def test_fifty_concurrent_routed_requests_spread_over_the_nodes(network):
+    coordinator, llama_node, ollama_node, fake = network
+    fake.faults.latency = 0.01  # answers take a moment, so requests overlap
+    winners = []
+
+    async def one(client: httpx.AsyncClient) -> None:
+        response = await client.post("/api/chat", json={"model": MODEL, "messages": QUESTION, "stream": False,
+                                                        "distributed": {"strategy": "route"}})
+        assert response.status_code == 200 and response.json()["message"]["content"] == DEFAULT_ANSWER
+        winners.append(response.json()["distributed"]["winner"])
+
+    async with httpx.AsyncClient(base_url=coordinator.url, timeout=120,
+                                 limits=httpx.Limits(max_connections=60)) as client:
+        async with trio.open_nursery() as nursery:
+            for _ in range(50):
+                nursery.start_soon(one, client)
+    counts = {peer: winners.count(peer) for peer in set(winners)}
+    assert len(winners) == 50
+    # Both workers take a real share: in-flight counts move at once, so nobody gets everything.
+    assert set(counts) == {llama_node.node.identity.peer_id, ollama_node.node.identity.peer_id}
+    assert min(counts.values()) >= 10
