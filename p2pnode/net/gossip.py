@@ -77,6 +77,7 @@ class Gossip:
         self._seen: OrderedDict[bytes, None] = OrderedDict()
         self._refresh_now = trio.Event()
         self._last_issue = -math.inf
+        self.leaving = False  # once our "left" record is out, nothing may outbid it
 
     # ---- our record ----------------------------------------------------------------------------------------
 
@@ -132,7 +133,7 @@ class Gossip:
             except RemoteProtocolError as exc:
                 self.note_garbage(source, exc)
                 continue
-            if outcome.refute:
+            if outcome.refute and not self.leaving:
                 log.info("refuting a suspicion about us with a newer record")
                 self.issue(beat=outcome.outbid)
             if outcome.fresh:
@@ -234,7 +235,8 @@ class Gossip:
             # Load changes are coalesced into one record per min_refresh_interval.
             await trio.sleep_until(self._last_issue + gossip.min_refresh_interval)
             self._refresh_now = trio.Event()
-            self.issue()
+            if not self.leaving:
+                self.issue()
 
     async def _tick_loop(self) -> None:
         while True:

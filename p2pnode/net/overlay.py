@@ -147,6 +147,7 @@ class Overlay:
     async def leave(self, timeout: float = 1.0) -> None:
         """Say goodbye: a final record with status "left", delivered to every linked peer, then close links."""
         self._stopping = True
+        self.gossip.leaving = True
         goodbye = Rumors((self.gossip.issue(NodeStatus.LEFT).envelope,))
         with trio.move_on_after(timeout) as scope:
             scope.shield = True
@@ -204,6 +205,9 @@ class Overlay:
         return True
 
     async def _run_link(self, link: PeerLink) -> None:
+        if self._stopping:  # a link that comes up while we say goodbye hears the goodbye and nothing else
+            await self._say_goodbye(link, Rumors((self.membership.local.envelope,)))
+            return
         if not self._register(link):
             await link.aclose(CloseCode.DUPLICATE, "a link to this peer already exists")
             self._account(link)
@@ -211,7 +215,7 @@ class Overlay:
         log.debug("link up: %r at %s", link, link.remote_address)
         self.gossip.accept([link.record.envelope], link.peer_id)
         member = self.membership.get(link.peer_id)
-        if member is not None and member.state is not MemberState.ALIVE:
+        if member is not None and member.state in (MemberState.SUSPECT, MemberState.OFFLINE):
             # It answers, yet we hold its current record as down: tell it, so it refutes for everyone.
             notice = Notice(self.peer_id, NoticeKind.SUSPECT, link.peer_id, member.seq, self._wall())
             link.send_nowait(Rumors((seal_notice(self.identity, notice).envelope,)))
