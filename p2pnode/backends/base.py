@@ -37,6 +37,7 @@ __all__ = [
     "ChatChunk",
     "ChatRequest",
     "ChatResult",
+    "GenerateRequest",
     "ModelInfo",
     "translate_http_errors",
 ]
@@ -70,6 +71,17 @@ class ChatRequest:
     options: Mapping[str, Any] = field(default_factory=dict)  # Ollama option names
     timeout: float | None = None  # seconds for the whole call
     keep_alive: str | int | None = None
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """A raw completion: continue ``prompt`` (after an optional system prompt)."""
+
+    model: str
+    prompt: str
+    system: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)  # Ollama option names
+    timeout: float | None = None
 
 
 @dataclass(frozen=True)
@@ -122,6 +134,10 @@ class Backend(abc.ABC):
     def open_chat(self, request: ChatRequest) -> Any:
         """``async with backend.open_chat(req) as chunks: async for chunk in chunks: ...``"""
 
+    @abc.abstractmethod
+    def open_generate(self, request: GenerateRequest) -> Any:
+        """Like :meth:`open_chat`, for a raw completion of a prompt."""
+
     async def chat(self, request: ChatRequest) -> ChatResult:
         """A whole answer, from the stream."""
         start = time.perf_counter()
@@ -147,7 +163,7 @@ class Backend(abc.ABC):
 
     # ---- plumbing for subclasses ---------------------------------------------------------------------------
 
-    def _deadline(self, request: ChatRequest) -> float:
+    def _deadline(self, request: ChatRequest | GenerateRequest) -> float:
         return trio.current_time() + (request.timeout or self.config.default_timeout)
 
     async def _get_json(self, path: str) -> Any:

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from p2pnode.backends.base import Backend, ChatChunk, ChatRequest, ModelInfo, _parse_json, ensure
+from p2pnode.backends.base import Backend, ChatChunk, ChatRequest, GenerateRequest, ModelInfo, _parse_json, ensure
 from p2pnode.errors import BackendError, BackendRejected, BackendUnavailable
 
 __all__ = ["OllamaBackend", "context_needed"]
@@ -111,20 +111,36 @@ class OllamaBackend(Backend):
         if request.keep_alive is not None:
             body["keep_alive"] = request.keep_alive
         async with self._open_lines("/api/chat", body, deadline) as lines:
-            yield self._chunks(lines)
+            yield self._chunks(lines, chat=True)
 
-    async def _chunks(self, lines: AsyncIterator[str]) -> AsyncIterator[ChatChunk]:
+    @asynccontextmanager
+    async def open_generate(self, request: GenerateRequest) -> AsyncIterator[AsyncIterator[ChatChunk]]:
+        options = dict(request.options)
+        if "num_ctx" not in options:
+            text = ({"content": request.system or ""}, {"content": request.prompt})
+            options["num_ctx"] = context_needed(text, options, await self.model_context(request.model))
+        body: dict[str, Any] = {"model": request.model, "prompt": request.prompt, "stream": True, "options": options}
+        if request.system is not None:
+            body["system"] = request.system
+        async with self._open_lines("/api/generate", body, self._deadline(request)) as lines:
+            yield self._chunks(lines, chat=False)
+
+    async def _chunks(self, lines: AsyncIterator[str], *, chat: bool) -> AsyncIterator[ChatChunk]:
+        where = "/api/chat" if chat else "/api/generate"
         async for line in lines:
             if not line.strip():
                 continue
-            data = _parse_json(line, self, "/api/chat stream")
+            data = _parse_json(line, self, f"{where} stream")
             ensure(isinstance(data, dict), self, "stream line is not an object")
             if "error" in data:
                 raise BackendError(f"ollama failed mid-stream: {data['error']}")
-            message = data.get("message") or {}
-            ensure(isinstance(message, dict), self, "message is not an object")
-            content = message.get("content", "")
-            ensure(isinstance(content, str), self, "message.content is not a string")
+            if chat:
+                message = data.get("message") or {}
+                ensure(isinstance(message, dict), self, "message is not an object")
+                content = message.get("content", "")
+            else:
+                content = data.get("response", "")
+            ensure(isinstance(content, str), self, "the streamed text is not a string")
             if data.get("done") is True:
                 yield ChatChunk(
                     content=content,

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from p2pnode.backends.base import Backend, ChatChunk, ChatRequest, ModelInfo, _parse_json, ensure
+from p2pnode.backends.base import Backend, ChatChunk, ChatRequest, GenerateRequest, ModelInfo, _parse_json, ensure
 from p2pnode.errors import BackendError, BackendUnavailable
 
 __all__ = ["OpenAIBackend", "openai_parameters"]
@@ -68,7 +68,18 @@ class OpenAIBackend(Backend):
         async with self._open_lines("/v1/chat/completions", body, self._deadline(request)) as lines:
             yield self._chunks(lines)
 
+    @asynccontextmanager
+    async def open_generate(self, request: GenerateRequest) -> AsyncIterator[AsyncIterator[ChatChunk]]:
+        prompt = f"{request.system}\n\n{request.prompt}" if request.system else request.prompt
+        body: dict[str, Any] = {
+            "model": request.model, "prompt": prompt, "stream": True, "stream_options": {"include_usage": True},
+            **openai_parameters(dict(request.options)),
+        }
+        async with self._open_lines("/v1/completions", body, self._deadline(request)) as lines:
+            yield self._chunks(lines)
+
     async def _chunks(self, lines: AsyncIterator[str]) -> AsyncIterator[ChatChunk]:
+        """Chat deltas (``delta.content``) and completion pieces (``text``) alike."""
         finish: str | None = None
         usage: dict[str, Any] = {}
         async for line in lines:
@@ -93,6 +104,8 @@ class OpenAIBackend(Backend):
                 ensure(isinstance(choice, dict), self, "choice is not an object")
                 delta = choice.get("delta") or {}
                 content = delta.get("content") if isinstance(delta, dict) else None
+                if "text" in choice:  # /v1/completions
+                    content = choice["text"]
                 if choice.get("finish_reason"):
                     finish = "length" if choice["finish_reason"] == "length" else "stop"
                 if content:

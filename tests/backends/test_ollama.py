@@ -134,3 +134,18 @@ async def test_a_server_that_is_not_there_is_unavailable():
     with pytest.raises(BackendUnavailable, match="not answering"):
         await backend.chat(ask())
     await backend.aclose()
+
+
+async def test_generate_streams_the_response_field(ollama):
+    from p2pnode.backends.base import GenerateRequest
+
+    fake, backend = ollama
+    chunks = []
+    request = GenerateRequest(model="tiny:1b", prompt="Say the sentence.", system="Be brief.", options={"num_predict": 4})
+    async with backend.open_generate(request) as stream:
+        async for chunk in stream:
+            chunks.append(chunk)
+    assert "".join(c.content for c in chunks) == "The quick brown fox"
+    assert chunks[-1].done_reason == "length"
+    path, body = fake.requests[-1]
+    assert path == "/api/generate" and body["system"] == "Be brief." and body["options"]["num_ctx"] == 2048

@@ -87,3 +87,17 @@ async def test_the_embedded_backend_restarts_its_server_when_it_dies(tiny, nurse
             await trio.sleep(0.1)
     assert (await backend.chat(ask(backend.alias))).content == DEFAULT_ANSWER
     await backend.aclose()
+
+
+async def test_raw_completions_through_v1_completions(tiny):
+    from p2pnode.backends.base import GenerateRequest
+
+    async with llama_server(tiny, alias="tiny", parallel=1) as server:
+        backend = OpenAIBackend(server.base_url, BackendConfig())
+        chunks = []
+        async with backend.open_generate(GenerateRequest(model="tiny", prompt="anything", options={"num_predict": 3})) as stream:
+            async for chunk in stream:
+                chunks.append(chunk)
+        assert "".join(c.content for c in chunks) == "".join(answer_pieces(DEFAULT_ANSWER)[:3])
+        assert chunks[-1].done and chunks[-1].done_reason == "length"
+        await backend.aclose()
