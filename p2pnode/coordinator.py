@@ -242,8 +242,9 @@ class Coordinator:
         try:
             if produced:  # continue a partial answer another node began
                 request = replace(request, messages=(*request.messages, {"role": "assistant", "content": "".join(produced)}))
+            final = None
             async with self._open_on(node, replace(request, model=model)) as chunks:
-                async for chunk in chunks:
+                async for chunk in chunks:  # to the end, past the final chunk: the backend's connection is reused
                     if chunk.content:
                         if ttft is None:
                             ttft = (time.perf_counter() - attempt.started) * 1000
@@ -253,8 +254,10 @@ class Coordinator:
                         await send.send(ChatChunk(content=chunk.content))
                     if chunk.done:
                         attempt.outcome, attempt.winner = "ok", True
-                        return chunk
-            raise BackendError(f"{short_id(node.peer_id)} ended without a final chunk")
+                        final = chunk
+            if final is None:
+                raise BackendError(f"{short_id(node.peer_id)} ended without a final chunk")
+            return final
         except BaseException as exc:
             attempt.outcome = "cancelled" if isinstance(exc, trio.Cancelled) else "error"
             raise

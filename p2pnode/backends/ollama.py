@@ -149,6 +149,8 @@ class OllamaBackend(Backend):
                     prompt_tokens=_int(data.get("prompt_eval_count")),
                     completion_tokens=_int(data.get("eval_count")),
                 )
+                async for _ in lines:  # read to the end, so the connection goes back to the pool
+                    pass
                 return
             yield ChatChunk(content=content)
         raise BackendUnavailable("ollama ended the stream without its final done line (did it crash?)")

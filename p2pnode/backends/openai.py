@@ -93,6 +93,8 @@ class OpenAIBackend(Backend):
                     prompt_tokens=_int(usage.get("prompt_tokens")),
                     completion_tokens=_int(usage.get("completion_tokens")),
                 )
+                async for _ in lines:  # read to the end, so the connection goes back to the pool
+                    pass
                 return
             event = _parse_json(payload, self, "/v1/chat/completions stream")
             ensure(isinstance(event, dict), self, "stream event is not an object")
