@@ -50,16 +50,22 @@ class NodeProcess:
         self.info = json.loads((self.data_dir / "node.json").read_text())
 
     async def _drain_log(self, ready: trio.Event) -> None:
+        """Collect the log while the process lives. This task ends with the test's nursery, and so does the
+        process: a test that fails half-way leaves no node behind."""
         buffer = b""
-        async for chunk in self.process.stderr:
-            buffer += chunk
-            *lines, buffer = buffer.split(b"\n")
-            for line in lines:
-                self.log.append(line.decode(errors="replace"))
-                if " ready: " in self.log[-1]:
-                    ready.set()
-        if not ready.is_set():
-            raise AssertionError(f"node {self.name} exited before it was ready:\n" + "\n".join(self.log))
+        try:
+            async for chunk in self.process.stderr:
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    self.log.append(line.decode(errors="replace"))
+                    if " ready: " in self.log[-1]:
+                        ready.set()
+            if not ready.is_set():
+                raise AssertionError(f"node {self.name} exited before it was ready:\n" + "\n".join(self.log))
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
 
     async def get(self, path: str) -> dict:
         async with httpx.AsyncClient(timeout=5.0) as client:
