@@ -159,7 +159,8 @@ class Coordinator:
     def models(self) -> list[ModelInfo]:
         """Every model some reachable node serves (the gateway's /api/tags and /v1/models)."""
         names = sorted({m for node in self.nodes() for m in node.models})
-        local = {m.name: m for m in (self._compute().models if self._compute() else [])}
+        compute = self._compute()
+        local = {m.name: m for m in (compute.models if compute else [])}
         return [local.get(name, ModelInfo(name=name)) for name in names]
 
     def holders(self, model: str) -> list[str]:

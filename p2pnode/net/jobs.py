@@ -58,19 +58,13 @@ class _Served:
     credit: trio.Semaphore
 
 
-@dataclass
-class _Opened:
-    send: trio.MemorySendChannel
-    receive: trio.MemoryReceiveChannel
-
-
 class Jobs:
     def __init__(self, compute: Callable[[], LocalCompute | None], config: JobsConfig, *, owner: str) -> None:
         self._compute = compute
         self.config = config
         self.owner = owner  # the user this node serves first
         self._served: dict[tuple[int, int], _Served] = {}  # (id(link), job) -> running here for a peer
-        self._opened: dict[tuple[int, int], _Opened] = {}  # (id(link), job) -> ours, running there
+        self._opened: dict[tuple[int, int], trio.MemorySendChannel] = {}  # (id(link), job) -> ours, there: its inbox
         self._numbers = itertools.count(1)
         self._nursery: trio.Nursery | None = None
 
@@ -105,7 +99,7 @@ class Jobs:
         elif isinstance(message, (JobChunk, JobEnd)):
             if (opened := self._opened.get(key)) is not None:
                 try:
-                    opened.send.send_nowait(message)
+                    opened.send_nowait(message)
                 except trio.WouldBlock:
                     raise DecodeError(f"job {message.job}: the worker ignored flow control") from None
         else:
@@ -118,7 +112,7 @@ class Jobs:
                 served.scope.cancel()
         for (link_id, _), opened in list(self._opened.items()):
             if link_id == id(link):
-                opened.send.close()
+                opened.close()
 
     # ---- worker side ---------------------------------------------------------------------------------------
 
@@ -174,7 +168,7 @@ class Jobs:
         key = (id(link), number)
         window = self.config.window
         send, receive = trio.open_memory_channel[Message](window + 1)
-        self._opened[key] = _Opened(send, receive)
+        self._opened[key] = send
         finished = False
         try:
             timeout = request.timeout or self.config.default_timeout

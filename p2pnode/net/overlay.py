@@ -17,7 +17,8 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -223,16 +224,16 @@ class Overlay:
             link.send_nowait(self.gossip.sync_request())
         try:
             async with trio.open_nursery() as nursery:
-                for task in (link.run_writer, self._probe_link, self._read_link):
+                for task in (link.run_writer, partial(self._probe_link, link), partial(self._read_link, link)):
                     nursery.start_soon(self._guard, link, task, nursery.cancel_scope)
         finally:
             self._unregister(link)
 
-    async def _guard(self, link: PeerLink, task: Callable[..., Any], link_scope: trio.CancelScope) -> None:
+    async def _guard(self, link: PeerLink, task: Callable[[], Awaitable[None]], link_scope: trio.CancelScope) -> None:
         """Run one of a link's three tasks (write, probe, read). When any ends, for whatever reason, the link
         ends: a peer failure or protocol violation is logged and answered with a close code, nothing more."""
         try:
-            await (task() if task == link.run_writer else task(link))
+            await task()
         except RemoteProtocolError as exc:
             self.gossip.note_garbage(link.peer_id, exc)
             await link.aclose(exc.close_code, str(exc))
