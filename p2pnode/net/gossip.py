@@ -177,7 +177,7 @@ class Gossip:
             if items:
                 link.send_nowait(Rumors(tuple(items)))
         else:
-            raise DecodeError(f"{type(message).__name__} is only valid during the handshake")
+            raise DecodeError(f"{type(message).__name__} is not expected on an established link")
 
     def _envelope_of(self, peer_id: str) -> bytes | None:
         if peer_id == self.identity.peer_id:
