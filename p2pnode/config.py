@@ -71,6 +71,16 @@ class BackendSpec:
 
 
 @dataclass(frozen=True)
+class AttachedConfig:
+    """Servers attached over HTTP (``/api/distributed/register``) and their heartbeats."""
+
+    heartbeat_timeout: float = 60.0  # offline after this long without a heartbeat
+    forget_after: float = 600.0  # then out of the record after this long offline
+    max_servers: int = RecordLimits.max_attached
+    check_interval: float = 1.0
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     data_dir: Path
     name: str
@@ -83,6 +93,7 @@ class NodeConfig:
     no_backend: bool = False
     network_key: Path | None = None
     overlay: OverlayConfig = field(default_factory=OverlayConfig)
+    attached: AttachedConfig = field(default_factory=AttachedConfig)
 
 
 def parse_host_port(text: str, what: str) -> tuple[str, int]:

@@ -32,15 +32,13 @@ from typing import Any
 import trio
 
 from p2pnode.backends.base import ChatChunk, ChatRequest, ModelInfo
-from p2pnode.backends.local import LocalCompute
 from p2pnode.core import combine
 from p2pnode.core.identity import short_id
 from p2pnode.core.scheduler import NodeView, Scheduler
 from p2pnode.errors import BackendError, GatewayError, PeerError
 from p2pnode.gateway.service import Routing
 from p2pnode.net._errors import first_leaf
-from p2pnode.net.jobs import Jobs
-from p2pnode.net.overlay import Overlay
+from p2pnode.workers import Workers
 
 __all__ = ["STRATEGIES", "Coordinator", "CoordinatorConfig", "DistributedOptions"]
 
@@ -115,56 +113,17 @@ class _Request:
 
 
 class Coordinator:
-    def __init__(
-        self,
-        overlay: Callable[[], Overlay],
-        compute: Callable[[], LocalCompute | None],
-        jobs: Jobs,
-        scheduler: Scheduler,
-        config: CoordinatorConfig,
-        *,
-        user: str,
-    ) -> None:
-        self._overlay = overlay
-        self._compute = compute
-        self._jobs = jobs
+    def __init__(self, workers: Workers, scheduler: Scheduler, config: CoordinatorConfig) -> None:
+        self.workers = workers
         self.scheduler = scheduler
         self.config = config
-        self.user = user
-
-    # ---- what the network has ------------------------------------------------------------------------------
-
-    def nodes(self) -> list[NodeView]:
-        """Nodes that can take work now: this one, and alive peers we hold a link to."""
-        views = []
-        compute = self._compute()
-        if compute is not None:
-            record = self._overlay().local_record.record
-            views.append(NodeView(
-                peer_id=record.peer_id, models=tuple(m.name for m in compute.models), current_load=compute.tracker.load,
-                active_tasks=compute.tracker.active, response_time=compute.tracker.response_ms,
-                loaded_models=tuple(m.name for m in compute.models if m.loaded), is_local=True,
-            ))
-        overlay = self._overlay()
-        for member in overlay.membership.alive():
-            record = member.signed.record
-            if record.models and overlay.link_to(record.peer_id) is not None:
-                views.append(NodeView(
-                    peer_id=record.peer_id, models=record.models, current_load=record.current_load,
-                    active_tasks=record.active_tasks, response_time=record.response_time,
-                ))
-        return views
 
     @property
     def models(self) -> list[ModelInfo]:
-        """Every model some reachable node serves (the gateway's /api/tags and /v1/models)."""
-        names = sorted({m for node in self.nodes() for m in node.models})
-        compute = self._compute()
-        local = {m.name: m for m in (compute.models if compute else [])}
-        return [local.get(name, ModelInfo(name=name)) for name in names]
+        return self.workers.models
 
     def holders(self, model: str) -> list[str]:
-        return [node.peer_id for node in self.nodes() if model in node.models]
+        return self.workers.holders(model)
 
     # ---- running a request ---------------------------------------------------------------------------------
 
@@ -197,7 +156,7 @@ class Coordinator:
             raise first_leaf(group) from None  # one clear error for the gateway, not a group
 
     def _plan(self, request: ChatRequest, options: DistributedOptions) -> list[tuple[str, NodeView]]:
-        nodes = [n for n in self.nodes() if n.is_local or not options.local_only]
+        nodes = [n for n in self.workers.nodes() if n.is_local or not options.local_only]
         if options.models:
             plan = self.scheduler.plan_ensemble(nodes, options.models)
         else:
@@ -225,14 +184,6 @@ class Coordinator:
 
     # ---- streaming strategies ------------------------------------------------------------------------------
 
-    def _open_on(self, node: NodeView, request: ChatRequest) -> AbstractAsyncContextManager[AsyncIterator[ChatChunk]]:
-        if node.is_local:
-            return self._compute().open_chat(request)
-        link = self._overlay().link_to(node.peer_id)
-        if link is None:
-            raise _NodeGone(node)
-        return self._jobs.open_remote_chat(link, request, user=self.user)
-
     async def _stream_from(self, node: NodeView, model: str, request: ChatRequest, state: _Request,
                            send: trio.MemorySendChannel, produced: list[str], *, on_first: Callable[[], None] | None = None) -> ChatChunk:
         """Stream one node's answer to the client, appending to ``produced``; returns the final chunk."""
@@ -244,7 +195,7 @@ class Coordinator:
             if produced:  # continue a partial answer another node began
                 request = replace(request, messages=(*request.messages, {"role": "assistant", "content": "".join(produced)}))
             final = None
-            async with self._open_on(node, replace(request, model=model)) as chunks:
+            async with self.workers.open_on(node, replace(request, model=model)) as chunks:
                 async for chunk in chunks:  # to the end, past the final chunk: the backend's connection is reused
                     if chunk.content:
                         if ttft is None:
@@ -272,14 +223,14 @@ class Coordinator:
         queue = list(plan)
         while True:
             if not queue:  # re-plan: load figures moved, and more nodes may serve the model than were planned
-                queue = [(request.model, n) for n in self.scheduler.candidates(self.nodes(), request.model)
+                queue = [(request.model, n) for n in self.scheduler.candidates(self.workers.nodes(), request.model)
                          if n.peer_id not in failed]
                 if not queue:
                     raise GatewayError(f"every node that serves {request.model!r} failed", status_hint=503)
             model, node = queue.pop(0)
             try:
                 final = await self._stream_from(node, model, request, state, send, produced)
-            except (BackendError, PeerError, _NodeGone) as exc:
+            except (BackendError, PeerError) as exc:
                 failed.add(node.peer_id)
                 log.info("%s failed %s (%s): failing over", short_id(node.peer_id), "mid-stream" if produced else "before its first token", exc)
                 continue
@@ -298,7 +249,7 @@ class Coordinator:
         result: dict[str, Any] = {}
         scopes: dict[str, trio.CancelScope] = {}
         racing = {node.peer_id for _, node in plan}
-        hedges = [n for n in self.scheduler.candidates(self.nodes(), request.model) if n.peer_id not in racing]
+        hedges = [n for n in self.scheduler.candidates(self.workers.nodes(), request.model) if n.peer_id not in racing]
 
         async def race(model: str, node: NodeView, nursery: trio.Nursery) -> None:
             own: list[str] = []
@@ -319,7 +270,7 @@ class Coordinator:
                     if gate.owner:
                         result["final"] = final
                         produced.extend(own)
-                except (BackendError, PeerError, _NodeGone):
+                except (BackendError, PeerError):
                     failed.add(node.peer_id)
                     if gate.owner:  # the winner died mid-stream: the rest continues elsewhere
                         produced.extend(own)
@@ -374,7 +325,7 @@ class Coordinator:
             parts: list[str] = []
             ttft = None
             try:
-                async with self._open_on(attempt.node, replace(request, model=attempt.model)) as chunks:
+                async with self.workers.open_on(attempt.node, replace(request, model=attempt.model)) as chunks:
                     async for chunk in chunks:
                         if chunk.content and ttft is None:
                             ttft = (time.perf_counter() - attempt.started) * 1000
@@ -383,7 +334,7 @@ class Coordinator:
                             attempt.outcome = "truncated" if chunk.done_reason == "length" else "ok"
                 if attempt.outcome == "pending":
                     attempt.outcome = "error"
-            except (BackendError, PeerError, _NodeGone) as exc:
+            except (BackendError, PeerError) as exc:
                 attempt.outcome = "error"
                 log.info("candidate from %s failed: %s", short_id(attempt.node.peer_id), exc)
             except trio.Cancelled:
@@ -413,7 +364,7 @@ class Coordinator:
         return [_candidate(a) for a in attempts]
 
     def _strongest(self, exclude: set[str], model: str) -> NodeView | None:
-        ranked = self.scheduler.candidates(self.nodes(), model)
+        ranked = self.scheduler.candidates(self.workers.nodes(), model)
         return next((n for n in ranked if n.peer_id not in exclude), ranked[0] if ranked else None)
 
     async def _judge(self, request, candidates, state, fallback: int) -> int:
@@ -431,9 +382,9 @@ class Coordinator:
             prompt = combine.judge_prompt(question, [texts[i] for i in order])
             judge_request = replace(request, messages=({"role": "user", "content": prompt},), options={"temperature": 0})
             try:
-                async with self._open_on(judge, judge_request) as chunks:
+                async with self.workers.open_on(judge, judge_request) as chunks:
                     verdict = "".join([c.content async for c in chunks])
-            except (BackendError, PeerError, _NodeGone) as exc:
+            except (BackendError, PeerError) as exc:
                 log.info("judge %s failed (%s): keeping the consensus choice", short_id(judge.peer_id), exc)
                 return fallback
             choices.append(combine.parse_judge_choice(verdict, len(texts)))
@@ -449,13 +400,6 @@ class Coordinator:
         aggregator = self._strongest(set(), request.model)
         plan = [(request.model, aggregator)] if aggregator else []
         await self._failover(fused, plan, state, send, [], set())
-
-
-class _NodeGone(Exception):
-    """A planned peer has no link any more."""
-
-    def __init__(self, node: NodeView) -> None:
-        super().__init__(f"no link to {short_id(node.peer_id)}")
 
 
 class _Gate:

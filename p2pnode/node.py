@@ -11,19 +11,21 @@ from typing import Any
 import trio
 
 from p2pnode import keystore
+from p2pnode.backends.attached import AttachedServers
 from p2pnode.backends.base import BackendConfig
 from p2pnode.backends.local import ComputeConfig, LocalCompute
 from p2pnode.backends.resources import probe_resources
 from p2pnode.backends.select import select_backends
 from p2pnode.config import NodeConfig
 from p2pnode.coordinator import Coordinator, CoordinatorConfig
-from p2pnode.core.scheduler import Scheduler
 from p2pnode.core.identity import Identity
+from p2pnode.core.scheduler import Scheduler
 from p2pnode.gateway import distributed_api, ollama_api, openai_api
 from p2pnode.gateway.app import GatewayApp, serve_gateway
 from p2pnode.net.discovery import Discovery, DiscoveryConfig
 from p2pnode.net.jobs import Jobs, JobsConfig
 from p2pnode.net.overlay import Overlay
+from p2pnode.workers import Workers
 
 __all__ = ["Node", "NodeAddresses"]
 
@@ -44,12 +46,12 @@ class Node:
         self.identity = identity
         self.compute: LocalCompute | None = None
         self.overlay: Overlay | None = None
-        self.jobs = Jobs(lambda: self.compute, JobsConfig(), owner=config.user)
-        self.coordinator = Coordinator(
-            lambda: self.overlay, lambda: self.compute, self.jobs, Scheduler(), CoordinatorConfig(), user=config.user
-        )
+        self.attached = AttachedServers(config.attached, BackendConfig(), on_change=self._changed)
+        self.jobs = Jobs(lambda: self.compute, self.attached, JobsConfig(), owner=config.user)
+        self.workers = Workers(lambda: self.overlay, lambda: self.compute, self.attached, self.jobs, user=config.user)
+        self.coordinator = Coordinator(self.workers, Scheduler(), CoordinatorConfig())
         self.gateway = GatewayApp()
-        distributed_api.install(self.gateway, lambda: self.overlay.membership, self._clocks)
+        distributed_api.install(self.gateway, lambda: self.overlay.membership, self.attached, self._clocks)
         ollama_api.install(self.gateway, lambda: self.coordinator)
         openai_api.install(self.gateway, lambda: self.coordinator)
 
@@ -58,7 +60,10 @@ class Node:
         return trio.current_time(), time.time()
 
     def _describe(self) -> dict[str, Any]:
-        return {"name": self.config.name, "user_id": self.config.user, **self.compute.describe()}
+        return {
+            "name": self.config.name, "user_id": self.config.user, **self.compute.describe(),
+            "attached": self.attached.nodes(),
+        }
 
     async def run(self, *, task_status: trio.TaskStatus[NodeAddresses] = trio.TASK_STATUS_IGNORED) -> None:
         """Run compute, overlay, gateway (and mDNS) until cancelled; reports where they listen once all are up."""
@@ -72,6 +77,7 @@ class Node:
                 self.compute = LocalCompute(backends, probe_resources(), ComputeConfig(), on_change=self._changed)
                 await nursery.start(self.compute.run)
                 await nursery.start(self.jobs.run)
+                await nursery.start(self.attached.run)
                 self.overlay = Overlay(self.identity, cfg.overlay, self._describe, extensions=[self.jobs])
                 peer_port = await nursery.start(self.overlay.run)
                 http_url = await nursery.start(serve_gateway, self.gateway, cfg.http_host, cfg.http_port)

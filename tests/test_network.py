@@ -12,9 +12,9 @@ import openai
 import pytest
 import trio
 
+from p2pnode.backends.llama_process import llama_server
 from p2pnode.config import BackendSpec, NodeConfig
 from p2pnode.core.identity import Identity
-from p2pnode.backends.llama_process import llama_server
 from p2pnode.gateway.app import serve_gateway
 from p2pnode.node import Node
 from p2pnode.testing.fake_ollama import FakeModel, FakeOllama

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import aclosing, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +20,7 @@ from p2pnode.backends.resources import Resources
 from p2pnode.core.load import LoadTracker
 from p2pnode.errors import BackendError, BackendRejected
 
-__all__ = ["ComputeConfig", "LocalCompute"]
+__all__ = ["ComputeConfig", "LocalCompute", "tracked_chat"]
 
 log = logging.getLogger(__name__)
 
@@ -84,31 +84,12 @@ class LocalCompute:
             self._models = models
             self._on_change()
 
-    @asynccontextmanager
-    async def open_chat(self, request: ChatRequest) -> AsyncIterator[AsyncIterator[ChatChunk]]:
+    def open_chat(self, request: ChatRequest) -> AbstractAsyncContextManager[AsyncIterator[ChatChunk]]:
         """Run ``request`` on the backend serving its model, counted in the load figures."""
         entry = self._models.get(request.model)
         if entry is None:
             raise BackendRejected(f"model {request.model!r} is not served by this node", status_hint=404)
-        backend = entry[0]
-        self.tracker.start()
-        self._on_change()
-        start = time.perf_counter()
-        finished = False
-
-        async def watched(chunks: AsyncIterator[ChatChunk]) -> AsyncIterator[ChatChunk]:
-            nonlocal finished
-            async for chunk in chunks:
-                finished = finished or chunk.done
-                yield chunk
-
-        try:
-            async with backend.open_chat(request) as chunks, aclosing(watched(chunks)) as stream:
-                yield stream
-        finally:
-            # Only complete answers feed the response time: a cancelled one says nothing about speed.
-            self.tracker.finish((time.perf_counter() - start) * 1000, ok=finished)
-            self._on_change()
+        return tracked_chat(entry[0].open_chat(request), self.tracker, self._on_change)
 
     def describe(self) -> dict[str, Any]:
         """The record fields this node's compute fills."""
@@ -126,3 +107,28 @@ class LocalCompute:
             "active_tasks": self.tracker.active,
             "response_time": round(self.tracker.response_ms, 1),
         }
+
+
+@asynccontextmanager
+async def tracked_chat(
+    opened: AbstractAsyncContextManager[AsyncIterator[ChatChunk]], tracker: LoadTracker, on_change: Callable[[], None]
+) -> AsyncIterator[AsyncIterator[ChatChunk]]:
+    """A backend chat counted in ``tracker`` from start to end; ``on_change`` when the count moves."""
+    tracker.start()
+    on_change()
+    start = time.perf_counter()
+    finished = False
+
+    async def watched(chunks: AsyncIterator[ChatChunk]) -> AsyncIterator[ChatChunk]:
+        nonlocal finished
+        async for chunk in chunks:
+            finished = finished or chunk.done
+            yield chunk
+
+    try:
+        async with opened as chunks, aclosing(watched(chunks)) as stream:
+            yield stream
+    finally:
+        # Only complete answers feed the response time: a cancelled one says nothing about speed.
+        tracker.finish((time.perf_counter() - start) * 1000, ok=finished)
+        on_change()

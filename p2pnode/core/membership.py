@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 
 from p2pnode.core.identity import Identity
 from p2pnode.core.records import (
+    AttachedNode,
+    NodeRecord,
     NodeStatus,
     Notice,
     NoticeKind,
@@ -255,20 +257,21 @@ class Membership:
 
 
 def network_stats(local: SignedRecord, members: Iterable[Member]) -> NetworkStats:
-    """Totals over every node we know, ourselves included; offline nodes count in total_nodes only."""
-    records = [local.record]
-    total = 1
-    for member in members:
-        total += 1
-        if member.state is MemberState.ALIVE:
-            records.append(member.signed.record)
-    models = sorted({model for r in records for model in r.models})
+    """Totals over every node we know, ourselves and attached servers included; offline nodes count in
+    total_nodes only. An attached server is online when its host is and its heartbeats are current."""
+    online: list[NodeRecord | AttachedNode] = []
+    total = 0
+    for record, alive in [(local.record, True), *((m.signed.record, m.state is MemberState.ALIVE) for m in members)]:
+        total += 1 + len(record.attached)
+        if alive:
+            online.append(record)
+            online.extend(a for a in record.attached if a.status is not NodeStatus.OFFLINE)
     return NetworkStats(
         total_nodes=total,
-        online_nodes=len(records),
-        total_gpu_memory=sum(r.gpu_memory for r in records),
-        total_cpu_cores=sum(r.cpu_cores for r in records),
-        active_tasks=sum(r.active_tasks for r in records),
-        total_gpus=sum(r.gpu_count for r in records),
-        models=tuple(models),
+        online_nodes=len(online),
+        total_gpu_memory=sum(r.gpu_memory for r in online),
+        total_cpu_cores=sum(r.cpu_cores for r in online),
+        active_tasks=sum(r.active_tasks for r in online),
+        total_gpus=sum(r.gpu_count for r in online),
+        models=tuple(sorted({model for r in online for model in r.models})),
     )

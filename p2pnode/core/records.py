@@ -21,11 +21,12 @@ from typing import Any
 
 import msgpack
 
-from p2pnode.core.identity import Identity, MAX_PEER_ID_CHARS, verify_signature
+from p2pnode.core.identity import MAX_PEER_ID_CHARS, Identity, verify_signature
 from p2pnode.errors import DecodeError, RecordExpired
 
 __all__ = [
     "DEFAULT_LIMITS",
+    "AttachedNode",
     "PROTOCOL_VERSION",
     "NodeRecord",
     "NodeStatus",
@@ -34,6 +35,7 @@ __all__ = [
     "RecordLimits",
     "SignedNotice",
     "SignedRecord",
+    "attached_id",
     "next_seq",
     "open_envelope",
     "open_record",
@@ -52,6 +54,7 @@ class NodeStatus(enum.StrEnum):
     BUSY = "busy"  # alive, but turning new work away
     DRAINING = "draining"  # finishing its jobs before it stops
     LEFT = "left"  # shut down on purpose: its last word
+    OFFLINE = "offline"  # (attached servers only) their heartbeats stopped
 
 
 class NoticeKind(enum.StrEnum):
@@ -69,11 +72,36 @@ class RecordLimits:
     max_addr_chars: int = 256
     max_models: int = 256
     max_model_chars: int = 200
+    max_attached: int = 8  # servers one node serves for others (POST /api/distributed/register)
+    max_attached_models: int = 64
     max_lifetime: float = 3600.0  # seconds
     max_clock_skew: float = 30.0  # how far in the future an issue time may lie
 
 
 DEFAULT_LIMITS = RecordLimits()
+
+
+@dataclass(frozen=True)
+class AttachedNode:
+    """An LLM server that runs no daemon, registered on a node that serves and gossips it as a node of its own.
+    Jobs for it go through that node (its host), so it lives in the host's record and dies with the host."""
+
+    node_id: str  # as registered: unique on its host; network-wide it is ``attached_id(host, node_id)``
+    name: str = ""
+    user_id: str = ""  # who registered it: only they may update or remove it
+    models: tuple[str, ...] = ()
+    gpu_count: int = 0
+    gpu_memory: int = 0  # MB
+    cpu_cores: int = 0
+    current_load: float = 0.0
+    active_tasks: int = 0
+    response_time: float = 0.0  # ms
+    status: NodeStatus = NodeStatus.ONLINE
+
+
+def attached_id(host: str, node_id: str) -> str:
+    """The network-wide id of a server attached to ``host``: peer ids never contain a slash, so it splits back."""
+    return f"{host}/{node_id}"
 
 
 @dataclass(frozen=True)
@@ -96,6 +124,7 @@ class NodeRecord:
     active_tasks: int = 0
     response_time: float = 0.0  # ms, moving average of real requests
     status: NodeStatus = NodeStatus.ONLINE
+    attached: tuple[AttachedNode, ...] = ()
 
     def expires_at(self) -> float:
         return self.issued_at + self.lifetime
@@ -134,6 +163,20 @@ _RECORD_KEYS: dict[str, str] = {
     "user_id": "u",
     "addrs": "a",
     "protocol": "v",
+    "models": "m",
+    "gpu_count": "gc",
+    "gpu_memory": "gm",
+    "cpu_cores": "cc",
+    "current_load": "l",
+    "active_tasks": "at",
+    "response_time": "rt",
+    "status": "s",
+    "attached": "x",
+}
+_ATTACHED_KEYS: dict[str, str] = {
+    "node_id": "id",
+    "name": "n",
+    "user_id": "u",
     "models": "m",
     "gpu_count": "gc",
     "gpu_memory": "gm",
@@ -190,8 +233,10 @@ def seal_notice(identity: Identity, notice: Notice) -> SignedNotice:
 
 
 def _to_wire(value: Any) -> Any:
+    if isinstance(value, AttachedNode):
+        return {key: _to_wire(getattr(value, field)) for field, key in _ATTACHED_KEYS.items()}
     if isinstance(value, tuple):
-        return list(value)
+        return [_to_wire(v) for v in value]
     if isinstance(value, enum.Enum):
         return value.value
     return value
@@ -262,19 +307,42 @@ def _record_from_wire(signer: str, body: dict[str, Any], limits: RecordLimits) -
     for required in ("seq", "issued_at", "lifetime"):
         if required not in values:
             raise DecodeError(f"record lacks {required}")
-    text = limits.max_text_chars
     values["seq"] = _integer(values["seq"], "seq", _MAX_U64)
     values["issued_at"] = _number(values["issued_at"], "issued_at", 0.0, 1e11)
     values["lifetime"] = _number(values["lifetime"], "lifetime", 0.0, limits.max_lifetime)
-    for field in ("name", "user_id"):
-        if field in values:
-            values[field] = _text(values[field], field, text)
     if "addrs" in values:
         values["addrs"] = _texts(values["addrs"], "addrs", limits.max_addrs, limits.max_addr_chars)
-    if "models" in values:
-        values["models"] = _texts(values["models"], "models", limits.max_models, limits.max_model_chars)
     if "protocol" in values:
         values["protocol"] = _integer(values["protocol"], "protocol", 1 << 16)
+    if "attached" in values:
+        attached = values["attached"]
+        if not isinstance(attached, list) or len(attached) > limits.max_attached:
+            raise DecodeError(f"attached must be a list of at most {limits.max_attached} servers")
+        values["attached"] = tuple(_attached_from_wire(item, limits) for item in attached)
+        if len({a.node_id for a in values["attached"]}) != len(attached):
+            raise DecodeError("attached servers must have distinct node ids")
+    _check_capabilities(values, limits, max_models=limits.max_models)
+    return NodeRecord(**values)
+
+
+def _attached_from_wire(item: Any, limits: RecordLimits) -> AttachedNode:
+    if not isinstance(item, dict):
+        raise DecodeError("an attached server must be a map")
+    values = {field: item[key] for field, key in _ATTACHED_KEYS.items() if key in item}
+    values["node_id"] = _text(values.get("node_id"), "attached node_id", limits.max_text_chars, allow_empty=False)
+    if "/" in values["node_id"]:
+        raise DecodeError("attached node_id must not contain '/'")
+    _check_capabilities(values, limits, max_models=limits.max_attached_models)
+    return AttachedNode(**values)
+
+
+def _check_capabilities(values: dict[str, Any], limits: RecordLimits, *, max_models: int) -> None:
+    """Validate, in place, the fields nodes and attached servers share."""
+    for field in ("name", "user_id"):
+        if field in values:
+            values[field] = _text(values[field], field, limits.max_text_chars)
+    if "models" in values:
+        values["models"] = _texts(values["models"], "models", max_models, limits.max_model_chars)
     for field in ("gpu_count", "cpu_cores", "active_tasks"):
         if field in values:
             values[field] = _integer(values[field], field, _MAX_COUNT)
@@ -286,10 +354,9 @@ def _record_from_wire(signer: str, body: dict[str, Any], limits: RecordLimits) -
         values["response_time"] = _number(values["response_time"], "response_time", 0.0, 1e9)
     if "status" in values:
         try:
-            values["status"] = NodeStatus(_text(values["status"], "status", text))
+            values["status"] = NodeStatus(_text(values["status"], "status", limits.max_text_chars))
         except ValueError:
             raise DecodeError(f"unknown status {values['status']!r}") from None
-    return NodeRecord(**values)
 
 
 def _notice_from_wire(issuer: str, body: dict[str, Any]) -> Notice:

@@ -150,6 +150,7 @@ class JobOpen(_Message):
     timeout: float  # seconds the worker may spend
     user: str  # who asked (the coordinator vouches for it)
     window: int
+    target: str = ""  # an attached server of the worker's (its node_id), or "" for the worker's own compute
 
 
 @dataclass(frozen=True)
@@ -316,8 +317,8 @@ _OPTION_VALUE = (int, float, str, bool)
 
 
 def _decode_job_open(fields: list[Any], limits: WireLimits) -> JobOpen:
-    _arity(fields, 7, "JobOpen")
-    job, model, messages, options, timeout, user, window = fields
+    _arity(fields, 8, "JobOpen")
+    job, model, messages, options, timeout, user, window, target = fields
     if not isinstance(messages, list) or not 0 < len(messages) <= limits.max_job_messages:
         raise DecodeError(f"JobOpen.messages must hold 1 to {limits.max_job_messages} messages")
     for message in messages:
@@ -337,6 +338,7 @@ def _decode_job_open(fields: list[Any], limits: WireLimits) -> JobOpen:
     return JobOpen(
         _uint(job, "JobOpen.job"), _str(model, "JobOpen.model", 200), tuple(messages), options, float(timeout),
         _str(user, "JobOpen.user", 128), _uint(window, "JobOpen.window", limits.max_window) or 1,
+        _str(target, "JobOpen.target", 128),
     )
 
 

@@ -33,6 +33,7 @@ class Request:
     headers: dict[str, str]
     path_params: dict[str, str]
     body: bytes
+    user: str | None = None  # the authenticated user; None when the gateway runs without API keys
 
     def json(self) -> Any:
         try:

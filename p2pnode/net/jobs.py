@@ -22,9 +22,11 @@ from dataclasses import dataclass
 
 import trio
 
+from p2pnode.backends.attached import AttachedServers
 from p2pnode.backends.base import ChatChunk, ChatRequest
 from p2pnode.backends.local import LocalCompute
 from p2pnode.core.identity import short_id
+from p2pnode.core.records import NodeStatus
 from p2pnode.core.wire import JobCancel, JobChunk, JobCredit, JobEnd, JobOpen, Message
 from p2pnode.errors import (
     BackendError,
@@ -59,8 +61,11 @@ class _Served:
 
 
 class Jobs:
-    def __init__(self, compute: Callable[[], LocalCompute | None], config: JobsConfig, *, owner: str) -> None:
+    def __init__(
+        self, compute: Callable[[], LocalCompute | None], attached: AttachedServers, config: JobsConfig, *, owner: str
+    ) -> None:
         self._compute = compute
+        self._attached = attached
         self.config = config
         self.owner = owner  # the user this node serves first
         self._served: dict[tuple[int, int], _Served] = {}  # (id(link), job) -> running here for a peer
@@ -119,7 +124,11 @@ class Jobs:
     def _admit(self, link: PeerLink, job: JobOpen) -> None:
         compute = self._compute()
         refusal = None
-        if compute is None or not compute.serves(job.model):
+        if job.target:
+            attached = self._attached.get(job.target)
+            if attached is None or job.model not in attached.models or attached.status is not NodeStatus.ONLINE:
+                refusal = (404, f"attached server {job.target!r} does not serve {job.model!r} now")
+        elif compute is None or not compute.serves(job.model):
             refusal = (404, f"model {job.model!r} is not served by this node")
         elif job.user != self.owner and (
             self.remote_jobs >= self.config.max_remote_jobs or compute.tracker.active >= compute.tracker.capacity
@@ -139,7 +148,11 @@ class Jobs:
         try:
             with served.scope:
                 try:
-                    async with self._compute().open_chat(request) as chunks:
+                    if job.target:
+                        opened = self._attached.open_chat(job.target, request)
+                    else:
+                        opened = self._compute().open_chat(request)
+                    async with opened as chunks:
                         async for chunk in chunks:
                             if chunk.content:
                                 await served.credit.acquire()
@@ -162,8 +175,11 @@ class Jobs:
     # ---- client side ---------------------------------------------------------------------------------------
 
     @asynccontextmanager
-    async def open_remote_chat(self, link: PeerLink, request: ChatRequest, *, user: str) -> AsyncIterator[AsyncIterator[ChatChunk]]:
-        """Run ``request`` on ``link``'s peer; yields its chunks. Leaving early cancels it there."""
+    async def open_remote_chat(
+        self, link: PeerLink, request: ChatRequest, *, user: str, target: str = ""
+    ) -> AsyncIterator[AsyncIterator[ChatChunk]]:
+        """Run ``request`` on ``link``'s peer (or on its attached server ``target``); yields its chunks. Leaving
+        early cancels it there."""
         number = next(self._numbers)
         key = (id(link), number)
         window = self.config.window
@@ -174,7 +190,7 @@ class Jobs:
             timeout = request.timeout or self.config.default_timeout
             await link.send_ordered(JobOpen(
                 number, request.model, tuple(dict(m) for m in request.messages), dict(request.options), timeout,
-                user, window,
+                user, window, target,
             ))
 
             async def chunks() -> AsyncIterator[ChatChunk]:

@@ -15,6 +15,7 @@ from p2pnode.core.identity import Identity
 from p2pnode.core.records import (
     DEFAULT_LIMITS,
     PROTOCOL_VERSION,
+    AttachedNode,
     NodeRecord,
     NodeStatus,
     Notice,
@@ -22,6 +23,7 @@ from p2pnode.core.records import (
     RecordLimits,
     SignedNotice,
     SignedRecord,
+    attached_id,
     next_seq,
     open_envelope,
     open_record,
@@ -113,6 +115,11 @@ FULL_RECORD = make_record(
     active_tasks=3,
     response_time=812.5,
     status=NodeStatus.BUSY,
+    attached=(
+        AttachedNode("laptop", name="bob's laptop", user_id="bob", models=("llama3.2:3b",), gpu_count=1,
+                     gpu_memory=8_000, cpu_cores=8, current_load=0.5, active_tasks=1, response_time=90.0),
+        AttachedNode("desk", status=NodeStatus.OFFLINE),
+    ),
 )
 
 
@@ -159,7 +166,7 @@ def test_envelope_layout_names_signer_and_type_and_leaves_peer_id_out_of_the_pay
     signer, payload_type, payload, signature = outer(seal_record(ALICE, FULL_RECORD).envelope)
     assert (signer, payload_type, len(signature)) == (ALICE.peer_id, RECORD_TYPE, 64)
     body = msgpack.unpackb(payload, raw=False)
-    assert set(body) == {"q", "t", "ttl", "n", "u", "a", "v", "m", "gc", "gm", "cc", "l", "at", "rt", "s"}
+    assert set(body) == {"q", "t", "ttl", "n", "u", "a", "v", "m", "gc", "gm", "cc", "l", "at", "rt", "s", "x"}
     assert body["s"] == "busy" and body["a"] == list(FULL_RECORD.addrs)
     assert ALICE.peer_id not in payload.decode("utf-8", "replace")
 
@@ -669,3 +676,30 @@ def test_open_envelope_on_mutated_envelopes_raises_only_protocol_errors(case):
     if opened is not None:  # only a mutation that changes nothing signed can still open
         original = open_envelope(VALID_ENVELOPES[index], now=NOW)
         assert replace(opened, envelope=b"") == replace(original, envelope=b"")
+
+
+# ---- attached servers --------------------------------------------------------------------------------------
+
+
+def test_attached_ids_split_back_into_host_and_node():
+    assert attached_id(ALICE.peer_id, "laptop").split("/", 1) == [ALICE.peer_id, "laptop"]
+
+
+@pytest.mark.parametrize(
+    ("attached", "reason"),
+    [
+        ("laptop", "list"),
+        ([{"id": f"n{i}"} for i in range(DEFAULT_LIMITS.max_attached + 1)], "at most"),
+        ([{"id": "a"}, {"id": "a"}], "distinct"),
+        ([{"id": "a/b"}], "'/'"),
+        ([{"id": ""}], "node_id"),
+        ([{"n": "no id"}], "node_id"),
+        (["not a map"], "map"),
+        ([{"id": "a", "m": [f"m{i}" for i in range(DEFAULT_LIMITS.max_attached_models + 1)]}], "models"),
+        ([{"id": "a", "l": 2.0}], "current_load"),
+        ([{"id": "a", "s": "sleeping"}], "status"),
+    ],
+)
+def test_malformed_attached_servers_are_refused(attached, reason):
+    with pytest.raises(DecodeError, match=reason):
+        open_record(crafted(record_body(x=attached)), now=NOW)

@@ -5,9 +5,19 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from p2pnode.backends.attached import AttachedServers
+from p2pnode.backends.base import BackendConfig
+from p2pnode.config import AttachedConfig
 from p2pnode.core.identity import Identity
 from p2pnode.core.membership import Membership
-from p2pnode.core.records import NodeRecord, NodeStatus, Notice, NoticeKind, seal_notice, seal_record
+from p2pnode.core.records import (
+    NodeRecord,
+    NodeStatus,
+    Notice,
+    NoticeKind,
+    seal_notice,
+    seal_record,
+)
 from p2pnode.gateway import distributed_api
 from p2pnode.gateway.app import GatewayApp
 
@@ -31,7 +41,8 @@ def network():
     membership.apply_notice(seal_notice(me, dead), now=11.0)
     membership.apply_record(seal_record(left, record(left, name="left", status=NodeStatus.LEFT)), now=12.0)
     app = GatewayApp()
-    distributed_api.install(app, lambda: membership, lambda: (20.0, WALL + 20.0))
+    attached = AttachedServers(AttachedConfig(), BackendConfig(), on_change=lambda: None)
+    distributed_api.install(app, lambda: membership, attached, lambda: (20.0, WALL + 20.0))
     return app, {"me": me, "gpu": gpu, "gone": gone, "left": left}
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 import trio
 
+from p2pnode.backends.attached import AttachedServers
 from p2pnode.backends.base import BackendConfig, ChatRequest
 from p2pnode.backends.local import ComputeConfig, LocalCompute
 from p2pnode.backends.ollama import OllamaBackend
 from p2pnode.backends.resources import Resources
+from p2pnode.config import AttachedConfig
 from p2pnode.errors import BackendRejected, PeerRejected, PeerUnreachable
 from p2pnode.gateway.app import serve_gateway
 from p2pnode.net.jobs import Jobs, JobsConfig
@@ -26,8 +28,8 @@ async def start_pair(nursery, *, worker_jobs: JobsConfig = JobsConfig(), paralle
     url = await nursery.start(serve_gateway, fake, "127.0.0.1", 0)
     compute = LocalCompute([OllamaBackend(url, BackendConfig(parallel=parallel))], Resources(2, 1, 0, 0, "none"), ComputeConfig())
     await compute.refresh()
-    worker_jobs_service = Jobs(lambda: compute, worker_jobs, owner="worker-owner")
-    coordinator_jobs = Jobs(lambda: None, JobsConfig(window=4), owner="alice")
+    worker_jobs_service = Jobs(lambda: compute, no_attached(), worker_jobs, owner="worker-owner")
+    coordinator_jobs = Jobs(lambda: None, no_attached(), JobsConfig(window=4), owner="alice")
     await nursery.start(worker_jobs_service.run)
     await nursery.start(coordinator_jobs.run)
     net = Network(nursery)
@@ -36,6 +38,10 @@ async def start_pair(nursery, *, worker_jobs: JobsConfig = JobsConfig(), paralle
     await wait_all([worker, coordinator], lambda n: len(n.overlay.linked_peers) == 1)
     link = coordinator.overlay.link_to(worker.peer_id)
     return fake, worker_jobs_service, coordinator_jobs, link, worker
+
+
+def no_attached() -> AttachedServers:
+    return AttachedServers(AttachedConfig(), BackendConfig(), on_change=lambda: None)
 
 
 def ask(model: str = "tiny:1b") -> ChatRequest:
