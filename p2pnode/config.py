@@ -56,7 +56,8 @@ class OverlayConfig:
     listen_port: int = 11436
     advertise: tuple[str, ...] = ()  # ws:// URLs to put in our record; derived from the listener when empty
     seeds: tuple[str, ...] = ()
-    network: str = "open"  # fingerprint of the network key
+    network: str = "open"  # fingerprint of the network key (public: mDNS adverts carry it)
+    network_key: bytes | None = None  # the 32-byte pre-shared key itself; None: an open network
     gossip: GossipConfig = field(default_factory=GossipConfig)
     peers: PeersConfig = field(default_factory=PeersConfig)
     membership: MembershipConfig = field(default_factory=MembershipConfig)

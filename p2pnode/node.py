@@ -106,6 +106,12 @@ class Node:
                     len(cfg.overlay.seeds), cfg.overlay.network,
                     ", ".join(m.name for m in self.compute.models) or "none",
                 )
+                if cfg.overlay.network_key is None:
+                    log.warning(
+                        "OPEN NETWORK: anyone who can reach %s may join, read the records and run jobs here; links "
+                        "are encrypted but not restricted. Make a private one with `dcn-node keys new-network FILE` "
+                        "and run every node with --network-key FILE", ", ".join(addresses.peer_urls),
+                    )
                 task_status.started(addresses)
         finally:
             with trio.CancelScope(shield=True):

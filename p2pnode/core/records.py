@@ -43,7 +43,7 @@ __all__ = [
     "seal_record",
 ]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: Noise-encrypted links keyed by the network key
 _DOMAIN = b"dcn-signed-envelope"
 _RECORD_TYPE = "/dcn/record/1"
 _NOTICE_TYPE = "/dcn/notice/1"

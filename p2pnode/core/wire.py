@@ -4,13 +4,14 @@ One websocket binary message carries one peer message, encoded as a msgpack arra
 message type. :func:`decode` accepts any bytes and either returns a message or raises :class:`DecodeError`
 (a :class:`RemoteProtocolError`), never anything else: peers are not trusted to send well-formed data.
 
-Handshake (both sides send their Hello at once, then their Auth; see ``p2pnode.net.transport``)::
+Handshake (see ``p2pnode.net.transport``): a Noise ``NNpsk0`` handshake keyed by the network key, then every
+message is encrypted. The first encrypted message each side sends is its Auth::
 
-    A -> B  Hello(version, peer_id_A, nonce_A, network)      B -> A  Hello(version, peer_id_B, nonce_B, network)
-    A -> B  Auth(sig_A over transcript, record_A)             B -> A  Auth(sig_B over transcript, record_B)
+    A -> B  Noise(psk, e)                         B -> A  Noise(e, ee)
+    A -> B  Auth(version, id_A, sig_A, record_A)  B -> A  Auth(version, id_B, sig_B, record_B)
 
-The transcript binds both hellos (ids and fresh nonces) and the signer's role, so an Auth can be neither
-replayed on another connection nor reflected back to its sender.
+Each signature covers the Noise handshake hash, which both ephemeral keys and the network key went into, and
+the signer's role: an Auth is valid on this one connection only, in this one direction.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from p2pnode.errors import DecodeError, LocalProtocolError
 
 __all__ = [
     "Auth",
-    "Hello",
     "JobCancel",
     "JobChunk",
     "JobCredit",
@@ -42,15 +42,14 @@ __all__ = [
     "WireLimits",
     "decode",
     "encode",
-    "handshake_transcript",
+    "auth_transcript",
 ]
 
-NONCE_BYTES = 32
-_TRANSCRIPT_DOMAIN = b"dcn-handshake-1"
+_TRANSCRIPT_DOMAIN = b"dcn-auth-2"
 
 
 class MessageType(enum.IntEnum):
-    HELLO = 1
+    # 1 was version 1's Hello
     AUTH = 2
     RUMORS = 3
     SYNC_REQUEST = 4
@@ -89,18 +88,11 @@ class _Message:
 
 
 @dataclass(frozen=True)
-class Hello(_Message):
-    TYPE = MessageType.HELLO
-    version: int
-    peer_id: str
-    nonce: bytes
-    network: str  # fingerprint of the network key, or "open"
-
-
-@dataclass(frozen=True)
 class Auth(_Message):
     TYPE = MessageType.AUTH
-    signature: bytes
+    version: int  # PROTOCOL_VERSION of the sender
+    peer_id: str
+    signature: bytes  # over auth_transcript(handshake hash, the sender's role)
     record: bytes  # the sender's signed record envelope
 
 
@@ -190,7 +182,7 @@ class JobCredit(_Message):
 
 
 JobMessage = Union[JobOpen, JobChunk, JobEnd, JobCancel, JobCredit]
-Message = Union[Hello, Auth, Rumors, SyncRequest, SyncReply, Ping, Pong, JobOpen, JobChunk, JobEnd, JobCancel, JobCredit]
+Message = Union[Auth, Rumors, SyncRequest, SyncReply, Ping, Pong, JobOpen, JobChunk, JobEnd, JobCancel, JobCredit]
 
 
 def encode(message: Message) -> bytes:
@@ -230,28 +222,18 @@ def _arity(fields: list[Any], n: int, name: str) -> None:
         raise DecodeError(f"{name} has {len(fields)} fields, expected {n}")
 
 
-def _decode_hello(fields: list[Any], limits: WireLimits) -> Hello:
-    _arity(fields, 4, "Hello")
-    version, peer_id, nonce, network = fields
-    if isinstance(version, bool) or not isinstance(version, int) or not 0 < version < 1 << 16:
-        raise DecodeError("Hello.version must be a small positive integer")
-    if not isinstance(peer_id, str) or not 0 < len(peer_id) <= MAX_PEER_ID_CHARS:
-        raise DecodeError("Hello.peer_id must be a peer id")
-    if not isinstance(nonce, bytes) or len(nonce) != NONCE_BYTES:
-        raise DecodeError(f"Hello.nonce must be {NONCE_BYTES} bytes")
-    if not isinstance(network, str) or len(network) > 64:
-        raise DecodeError("Hello.network must be a short string")
-    return Hello(version, peer_id, nonce, network)
-
-
 def _decode_auth(fields: list[Any], limits: WireLimits) -> Auth:
-    _arity(fields, 2, "Auth")
-    signature, record = fields
+    _arity(fields, 4, "Auth")
+    version, peer_id, signature, record = fields
+    if isinstance(version, bool) or not isinstance(version, int) or not 0 < version < 1 << 16:
+        raise DecodeError("Auth.version must be a small positive integer")
+    if not isinstance(peer_id, str) or not 0 < len(peer_id) <= MAX_PEER_ID_CHARS:
+        raise DecodeError("Auth.peer_id must be a peer id")
     if not isinstance(signature, bytes) or len(signature) != 64:
         raise DecodeError("Auth.signature must be 64 bytes")
     if not isinstance(record, bytes) or len(record) > limits.max_item_bytes:
         raise DecodeError(f"Auth.record must be bytes, at most {limits.max_item_bytes}")
-    return Auth(signature, record)
+    return Auth(version, peer_id, signature, record)
 
 
 def _items(value: Any, limits: WireLimits, name: str) -> tuple[bytes, ...]:
@@ -368,7 +350,6 @@ def _decode_job_credit(fields: list[Any], limits: WireLimits) -> JobCredit:
 
 
 _DECODERS = {
-    MessageType.HELLO: _decode_hello,
     MessageType.AUTH: _decode_auth,
     MessageType.RUMORS: _decode_rumors,
     MessageType.SYNC_REQUEST: _decode_sync_request,
@@ -383,9 +364,7 @@ _DECODERS = {
 }
 
 
-def handshake_transcript(initiator: Hello, responder: Hello, signer_is_initiator: bool) -> bytes:
-    """The bytes each side signs in its Auth: both hellos, in a fixed order, plus the signer's role."""
-    parts = [_TRANSCRIPT_DOMAIN, b"I" if signer_is_initiator else b"R"]
-    for hello in (initiator, responder):
-        parts += [hello.version.to_bytes(2, "big"), hello.peer_id.encode(), hello.nonce, hello.network.encode()]
-    return b"".join(len(p).to_bytes(2, "big") + p for p in parts)
+def auth_transcript(handshake_hash: bytes, signer_is_initiator: bool) -> bytes:
+    """The bytes each side signs in its Auth: the Noise handshake hash (unique to this connection) and the
+    signer's role, so an Auth can be neither replayed on another connection nor reflected back to its sender."""
+    return _TRANSCRIPT_DOMAIN + (b"I" if signer_is_initiator else b"R") + handshake_hash

@@ -32,7 +32,7 @@ from p2pnode.core.wire import Message, Ping, Rumors, SyncReply
 from p2pnode.errors import PeerError, PeerRejected, PeerTimeout, RemoteProtocolError
 from p2pnode.net._addresses import advertised_urls
 from p2pnode.net.gossip import Gossip
-from p2pnode.net.transport import CloseCode, HandshakeConfig, PeerLink, dial, serve_peers
+from p2pnode.net.transport import OPEN_NETWORK_KEY, CloseCode, HandshakeConfig, PeerLink, dial, serve_peers
 
 __all__ = ["LinkExtension", "Overlay", "OverlayStatistics"]
 
@@ -77,7 +77,9 @@ class Overlay:
         self.config = config
         self._wall = wall_clock
         self._rng = rng or random.Random()
-        self._handshake = HandshakeConfig(identity, config.network, config.peers.handshake_timeout, config.wire)
+        self._handshake = HandshakeConfig(
+            identity, config.network_key or OPEN_NETWORK_KEY, config.peers.handshake_timeout, config.wire
+        )
         self._changed = trio.lowlevel.ParkingLot()
         self.gossip = Gossip(
             identity,

@@ -1,19 +1,21 @@
-"""Peer links: websocket listener and dialer, the mutual-authentication handshake, and framed messages.
+"""Peer links: websocket listener and dialer, the encrypted and mutually authenticated handshake, and framed
+messages.
 
-A :class:`PeerLink` exists only after both sides proved they hold the key of the peer id they claim, by signing
-a transcript that contains the other side's fresh nonce (see :mod:`p2pnode.core.wire`). Outgoing messages go
-through a bounded outbox drained by one writer task per link, so a slow peer never blocks the gossip loop: when
-its outbox is full, further gossip to it is dropped and counted (gossip tolerates loss; push-pull repairs it).
+The handshake is Noise ``NNpsk0`` (:mod:`p2pnode.core.noise`) keyed by the network key: a node without the key
+cannot complete it, and is answered only by the close that refuses it. Every message after it is encrypted with
+ChaCha20-Poly1305 under keys fresh to the connection (forward secrecy). Then each side proves it holds the key of
+the peer id it claims by signing the Noise handshake hash (see :mod:`p2pnode.core.wire`), which binds the two ids
+to this connection: a man in the middle can neither read nor relay. An open network (no key) uses an all-zero
+key: links are still encrypted against eavesdroppers, but anyone may join.
 
-The security issue adds the network key and encryption at one place: :func:`handshake` (the Hello already
-carries the network fingerprint) and the two methods that move bytes, :meth:`PeerLink._send_raw` and
-:meth:`PeerLink.receive`.
+Outgoing messages go through a bounded outbox drained by one writer task per link, so a slow peer never blocks
+the gossip loop: when its outbox is full, further gossip to it is dropped and counted (gossip tolerates loss;
+push-pull repairs it).
 """
 
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -21,12 +23,14 @@ from urllib.parse import urlsplit
 
 import trio
 import trio_websocket
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, WebSocketRequest
 from wsproto.utilities import LocalProtocolError as WsprotoError
 
 from p2pnode.core.identity import Identity, short_id, verify_signature
 from p2pnode.core.records import PROTOCOL_VERSION, SignedRecord, open_record
-from p2pnode.core.wire import Auth, Hello, Message, Ping, Pong, WireLimits, decode, encode, handshake_transcript
+from p2pnode.core.noise import PSK_BYTES, CipherState, NoiseHandshake
+from p2pnode.core.wire import Auth, Message, Ping, Pong, WireLimits, auth_transcript, decode, encode
 from p2pnode.errors import (
     BadSignature,
     DecodeError,
@@ -41,7 +45,10 @@ __all__ = ["CloseCode", "HandshakeConfig", "LinkStatistics", "PeerLink", "dial",
 
 log = logging.getLogger(__name__)
 
-PEER_PATH = "/dcn/1"
+PEER_PATH = f"/dcn/{PROTOCOL_VERSION}"
+OPEN_NETWORK_KEY = bytes(PSK_BYTES)  # an open network's Noise key: encryption without admission control
+_PROLOGUE = b"dcn-peer-link"
+_TAG_BYTES = 16  # what encryption adds to a message
 
 
 class CloseCode:
@@ -72,21 +79,35 @@ class LinkStatistics:
 @dataclass(frozen=True)
 class HandshakeConfig:
     identity: Identity
-    network: str  # fingerprint of the network key, or "open"
+    network_key: bytes  # 32 bytes; OPEN_NETWORK_KEY for an open network
     timeout: float
     limits: WireLimits
+
+    @property
+    def max_frame_bytes(self) -> int:
+        return self.limits.max_message_bytes + _TAG_BYTES
 
 
 class PeerLink:
     """An authenticated websocket link to one peer, used in both directions."""
 
     def __init__(
-        self, ws: WebSocketConnection, peer_id: str, record: SignedRecord, *, initiator: bool, outbox: int
+        self,
+        ws: WebSocketConnection,
+        ciphers: tuple[CipherState, CipherState],
+        peer_id: str,
+        record: SignedRecord,
+        *,
+        initiator: bool,
+        outbox: int,
     ) -> None:
         self.peer_id = peer_id
         self.record = record  # the peer's record as presented in the handshake
         self.initiator = initiator  # True when we dialled
         self._ws = ws
+        self._encrypt, self._decrypt = ciphers
+        # Nonces count messages: encrypting and sending must happen in one order, whichever task sends.
+        self._send_lock = trio.Lock()
         self.remote_address = _endpoint(ws)
         self._local_close: int | None = None  # the code we closed with, if we closed first
         self.last_received = trio.current_time()  # any message proves the peer alive
@@ -123,9 +144,11 @@ class PeerLink:
         await self._send_raw(encode(message))
 
     async def _send_raw(self, data: bytes) -> None:
-        with map_exceptions({ConnectionClosed: PeerUnreachable, trio.BrokenResourceError: PeerUnreachable}):
-            await self._ws.send_message(data)
-        self._bytes_sent += len(data)
+        async with self._send_lock:
+            frame = self._encrypt.encrypt(data)
+            with map_exceptions({ConnectionClosed: PeerUnreachable, trio.BrokenResourceError: PeerUnreachable}):
+                await self._ws.send_message(frame)
+        self._bytes_sent += len(frame)
         self._sent += 1
 
     async def run_writer(self) -> None:
@@ -138,14 +161,11 @@ class PeerLink:
         """The next message; Ping and Pong are answered and absorbed here. Raises :class:`PeerUnreachable` when
         the link is closed, :class:`DecodeError` on garbage."""
         while True:
-            with map_exceptions({ConnectionClosed: PeerUnreachable}):
-                data = await self._ws.get_message()
-            if not isinstance(data, bytes):
-                raise DecodeError("peer messages are binary")
-            self._bytes_received += len(data)
+            frame = await _receive_frame(self._ws)
+            self._bytes_received += len(frame)
             self._received += 1
+            message = decode(self._decrypt.decrypt(frame), limits)
             self.last_received = trio.current_time()
-            message = decode(data, limits)
             if isinstance(message, Ping):
                 self.send_nowait(Pong())
             elif not isinstance(message, Pong):
@@ -164,15 +184,17 @@ class PeerLink:
         return LinkStatistics(self._bytes_sent, self._bytes_received, self._sent, self._received, self._dropped)
 
 
-async def _receive_one(ws: WebSocketConnection, kind: type, limits: WireLimits):  # noqa: ANN202
+async def _receive_frame(ws: WebSocketConnection) -> bytes:
     with map_exceptions({ConnectionClosed: PeerUnreachable}):
         data = await ws.get_message()
     if not isinstance(data, bytes):
         raise DecodeError("peer messages are binary")
-    message = decode(data, limits)
-    if not isinstance(message, kind):
-        raise DecodeError(f"expected {kind.__name__} during the handshake, got {type(message).__name__}")
-    return message
+    return data
+
+
+async def _send_frame(ws: WebSocketConnection, data: bytes) -> None:
+    with map_exceptions({ConnectionClosed: PeerUnreachable}):
+        await ws.send_message(data)
 
 
 async def handshake(
@@ -184,26 +206,36 @@ async def handshake(
     wall_now: Callable[[], float],
     outbox: int,
 ) -> PeerLink:
-    """Prove our identity, check theirs, and swap records. Closes ``ws`` with a reason code on failure."""
-    mine = Hello(PROTOCOL_VERSION, config.identity.peer_id, secrets.token_bytes(32), config.network)
+    """Agree on keys, prove our identity, check theirs, and swap records. Closes ``ws`` with a reason code on
+    failure."""
+    noise = NoiseHandshake(
+        initiator=initiator, psk=config.network_key, ephemeral=X25519PrivateKey.generate(), prologue=_PROLOGUE
+    )
     try:
         with map_exceptions({trio.TooSlowError: PeerTimeout}), trio.fail_after(config.timeout):
-            with map_exceptions({ConnectionClosed: PeerUnreachable}):
-                await ws.send_message(encode(mine))
-            theirs = await _receive_one(ws, Hello, config.limits)
+            if initiator:
+                await _send_frame(ws, noise.write_message())
+                noise.read_message(await _receive_frame(ws))
+            else:
+                try:
+                    noise.read_message(await _receive_frame(ws))
+                except RemoteProtocolError:
+                    raise _Refuse(CloseCode.NETWORK, "not a member of this network (network key differs)") from None
+                await _send_frame(ws, noise.write_message())
+            encrypt, decrypt = noise.split()
+            signature = config.identity.sign(auth_transcript(noise.handshake_hash, initiator))
+            await _send_frame(ws, encrypt.encrypt(encode(
+                Auth(PROTOCOL_VERSION, config.identity.peer_id, signature, local_record.envelope)
+            )))
+            theirs = decode(decrypt.decrypt(await _receive_frame(ws)), config.limits)
+            if not isinstance(theirs, Auth):
+                raise DecodeError(f"expected Auth during the handshake, got {type(theirs).__name__}")
             if theirs.version != PROTOCOL_VERSION:
                 raise _Refuse(CloseCode.VERSION, f"protocol version {theirs.version}, we speak {PROTOCOL_VERSION}")
-            if theirs.network != config.network:
-                raise _Refuse(CloseCode.NETWORK, "different network")
             if theirs.peer_id == config.identity.peer_id:
                 raise _Refuse(CloseCode.SELF, "connected to ourselves")
-            first, second = (mine, theirs) if initiator else (theirs, mine)
-            signature = config.identity.sign(handshake_transcript(first, second, initiator))
-            with map_exceptions({ConnectionClosed: PeerUnreachable}):
-                await ws.send_message(encode(Auth(signature, local_record.envelope)))
-            auth = await _receive_one(ws, Auth, config.limits)
-            verify_signature(theirs.peer_id, auth.signature, handshake_transcript(first, second, not initiator))
-            record = open_record(auth.record, now=wall_now())
+            verify_signature(theirs.peer_id, theirs.signature, auth_transcript(noise.handshake_hash, not initiator))
+            record = open_record(theirs.record, now=wall_now())
             if record.record.peer_id != theirs.peer_id:
                 raise BadSignature("handshake record belongs to another peer")
     except _Refuse as refuse:
@@ -217,7 +249,7 @@ async def handshake(
         if closed is not None and closed.code in CloseCode.DELIBERATE:
             raise PeerRejected(f"peer closed: {closed.reason}", code=closed.code, reason=closed.reason) from exc
         raise
-    return PeerLink(ws, theirs.peer_id, record, initiator=initiator, outbox=outbox)
+    return PeerLink(ws, (encrypt, decrypt), theirs.peer_id, record, initiator=initiator, outbox=outbox)
 
 
 class _Refuse(Exception):
@@ -266,7 +298,7 @@ async def dial(
             port,
             PEER_PATH,
             use_ssl=False,
-            max_message_size=config.limits.max_message_bytes,
+            max_message_size=config.max_frame_bytes,
             connect_timeout=config.timeout,
             disconnect_timeout=1,
         ) as ws:
@@ -313,7 +345,7 @@ async def serve_peers(
             async with trio.open_nursery() as connection:
                 with trio.fail_after(config.timeout):
                     request = await trio_websocket.wrap_server_stream(
-                        connection, stream, max_message_size=config.limits.max_message_bytes
+                        connection, stream, max_message_size=config.max_frame_bytes
                     )
                 await on_request(request)
                 connection.cancel_scope.cancel()

@@ -9,7 +9,11 @@ from hypothesis import strategies as st
 
 from p2pnode.core.wire import (
     Auth,
-    Hello,
+    JobCancel,
+    JobChunk,
+    JobCredit,
+    JobEnd,
+    JobOpen,
     Ping,
     Pong,
     Rumors,
@@ -17,19 +21,21 @@ from p2pnode.core.wire import (
     SyncRequest,
     WireLimits,
     decode,
+    auth_transcript,
     encode,
-    handshake_transcript,
 )
 from p2pnode.errors import DecodeError, LocalProtocolError
 
 PEER_A = "12D3KooWBtg3aaRMjxwedh83aGiUkwSxDwUZkzuJcfaqUmo7R3pq"
 PEER_B = "12D3KooW9pNAk8aiBuGVQtWRdbkLmo5qVL3e2h5UxbN2Nz9ttwiw"
 FUZZ = settings(max_examples=200, deadline=None)
-HELLO, AUTH, RUMORS, SYNC_REQUEST, SYNC_REPLY = 1, 2, 3, 4, 5
+AUTH, RUMORS, SYNC_REQUEST, SYNC_REPLY = 2, 3, 4, 5
+JOB_OPEN, JOB_CHUNK, JOB_END, JOB_CANCEL, JOB_CREDIT = 10, 11, 12, 13, 14
+USER_MESSAGE = {"role": "user", "content": "hi"}
 
 
-def make_hello(peer_id: str = PEER_A, *, nonce: bytes = b"\x01" * 32, network: str = "open", version: int = 1) -> Hello:
-    return Hello(version=version, peer_id=peer_id, nonce=nonce, network=network)
+def make_auth(peer_id: str = PEER_A, *, version: int = 2, signature: bytes = b"\x02" * 64, record: bytes = b"env") -> Auth:
+    return Auth(version=version, peer_id=peer_id, signature=signature, record=record)
 
 
 def pack(*body) -> bytes:
@@ -44,10 +50,15 @@ def frame(*parts: bytes) -> bytes:
 # ---- round trips ------------------------------------------------------------------------------------------
 
 MESSAGES = [
-    pytest.param(make_hello(), id="hello"),
-    pytest.param(make_hello(PEER_B, nonce=bytes(range(32)), network="f" * 64, version=65535), id="hello-edges"),
-    pytest.param(Auth(signature=b"\x02" * 64, record=b"\x94envelope"), id="auth"),
-    pytest.param(Auth(signature=b"\x00" * 64, record=b""), id="auth-empty-record"),
+    pytest.param(make_auth(record=b"\x94envelope"), id="auth"),
+    pytest.param(make_auth(PEER_B, version=65535, signature=bytes(64), record=b""), id="auth-edges"),
+    pytest.param(JobOpen(1, "m:1b", (USER_MESSAGE,), {"temperature": 0.5, "stop": ["x"]}, 30.0, "ann", 32), id="job-open"),
+    pytest.param(JobOpen(2**32 - 1, "m", (USER_MESSAGE,) * 3, {}, 3600.0, "", 1, "laptop"), id="job-open-attached"),
+    pytest.param(JobChunk(7, "token"), id="job-chunk"),
+    pytest.param(JobEnd(7, "stop", 3, 12, 0, ""), id="job-end"),
+    pytest.param(JobEnd(7, "", 0, 0, 429, "busy"), id="job-end-busy"),
+    pytest.param(JobCancel(7), id="job-cancel"),
+    pytest.param(JobCredit(7, 16), id="job-credit"),
     pytest.param(Rumors(items=()), id="rumors-empty"),
     pytest.param(Rumors(items=(b"one", b"", b"\xff" * 300)), id="rumors"),
     pytest.param(SyncRequest(digest={}), id="sync-request-empty"),
@@ -67,8 +78,9 @@ def test_round_trip(message):
 
 
 def test_wire_layout_is_an_array_led_by_the_type():
-    assert msgpack.unpackb(encode(make_hello()), raw=False) == [HELLO, 1, PEER_A, b"\x01" * 32, "open"]
-    assert msgpack.unpackb(encode(Auth(b"s" * 64, b"r")), raw=False) == [AUTH, b"s" * 64, b"r"]
+    assert msgpack.unpackb(encode(make_auth(signature=b"s" * 64, record=b"r")), raw=False) == [
+        AUTH, 2, PEER_A, b"s" * 64, b"r"
+    ]
     assert encode(Rumors((b"a",))) == b"\x92\x03\x91\xc4\x01a"
     assert msgpack.unpackb(encode(SyncRequest({PEER_A: 5})), raw=False) == [SYNC_REQUEST, {PEER_A: 5}]
     assert msgpack.unpackb(encode(SyncReply((b"e",), (PEER_B,))), raw=False) == [SYNC_REPLY, [b"e"], [PEER_B]]
@@ -81,7 +93,7 @@ def test_ping_and_pong_carry_nothing(data):
         decode(data)
 
 
-@pytest.mark.parametrize("message", [None, b"\x93", "hello", object(), [HELLO, 1, PEER_A]])
+@pytest.mark.parametrize("message", [None, b"\x93", "hello", object(), [AUTH, 1, PEER_A]])
 def test_encode_refuses_what_is_not_a_message(message):
     with pytest.raises(LocalProtocolError):
         encode(message)
@@ -176,7 +188,7 @@ def test_max_item_bytes_is_inclusive():
     with pytest.raises(DecodeError):
         decode(encode(Rumors((b"x" * 17,))), limits)
     with pytest.raises(DecodeError):
-        decode(encode(Auth(b"s" * 64, b"x" * 17)), limits)
+        decode(encode(make_auth(record=b"x" * 17)), limits)
 
 
 def test_max_digest_bounds_sync_request_and_want():
@@ -223,7 +235,7 @@ def test_huge_containers_are_refused(data):
     [
         pytest.param(b"", id="empty"),
         pytest.param(b"\xc1", id="reserved-byte"),
-        pytest.param(encode(make_hello())[:-1], id="truncated"),
+        pytest.param(encode(make_auth())[:-1], id="truncated"),
         pytest.param(encode(Rumors(())) + b"\x00", id="trailing-bytes"),
         pytest.param(b"\x92\x03\x91\xd4\xff\x00", id="bad-timestamp-ext"),
         pytest.param(b"\x92\x03\x91\xa2\xff\xfe", id="invalid-utf8"),
@@ -263,8 +275,12 @@ def test_unknown_type_is_refused(kind):
 
 
 VALID_FIELDS = {
-    HELLO: [1, PEER_A, b"\x01" * 32, "open"],
-    AUTH: [b"\x02" * 64, b"record"],
+    AUTH: [2, PEER_A, b"\x02" * 64, b"record"],
+    JOB_OPEN: [1, "m", [USER_MESSAGE], {}, 30.0, "ann", 8, ""],
+    JOB_CHUNK: [1, "text"],
+    JOB_END: [1, "stop", 1, 2, 0, ""],
+    JOB_CANCEL: [1],
+    JOB_CREDIT: [1, 4],
     RUMORS: [[b"a"]],
     SYNC_REQUEST: [{PEER_A: 1}],
     SYNC_REPLY: [[b"a"], [PEER_A]],
@@ -288,16 +304,23 @@ def _with(kind: int, index: int, value) -> bytes:
 
 
 BAD_FIELDS = [
-    # Hello.version
-    (HELLO, 0, 0), (HELLO, 0, 65536), (HELLO, 0, -1), (HELLO, 0, True), (HELLO, 0, 1.0), (HELLO, 0, "1"),
-    # Hello.peer_id
-    (HELLO, 1, ""), (HELLO, 1, "x" * 65), (HELLO, 1, PEER_A.encode()), (HELLO, 1, None),
-    # Hello.nonce
-    (HELLO, 2, b"\x01" * 31), (HELLO, 2, b"\x01" * 33), (HELLO, 2, "n" * 32), (HELLO, 2, None),
-    # Hello.network
-    (HELLO, 3, "n" * 65), (HELLO, 3, b"open"), (HELLO, 3, None),
-    # Auth
-    (AUTH, 0, b"\x02" * 63), (AUTH, 0, b"\x02" * 65), (AUTH, 0, "s" * 64), (AUTH, 1, "record"), (AUTH, 1, None),
+    # Auth.version, .peer_id, .signature, .record
+    (AUTH, 0, 0), (AUTH, 0, 65536), (AUTH, 0, -1), (AUTH, 0, True), (AUTH, 0, 1.0), (AUTH, 0, "1"),
+    (AUTH, 1, ""), (AUTH, 1, "x" * 65), (AUTH, 1, PEER_A.encode()), (AUTH, 1, None),
+    (AUTH, 2, b"\x02" * 63), (AUTH, 2, b"\x02" * 65), (AUTH, 2, "s" * 64), (AUTH, 3, "record"), (AUTH, 3, None),
+    (AUTH, 3, b"r" * (16 * 1024 + 1)),
+    # JobOpen: job, model, messages, options, timeout, user, window, target
+    (JOB_OPEN, 0, -1), (JOB_OPEN, 0, 2**32), (JOB_OPEN, 1, "m" * 201), (JOB_OPEN, 1, None),
+    (JOB_OPEN, 2, []), (JOB_OPEN, 2, [USER_MESSAGE] * 1001), (JOB_OPEN, 2, [{"role": "user"}]),
+    (JOB_OPEN, 2, [{"role": "user", "content": "x", "extra": 1}]), (JOB_OPEN, 2, [{"role": "r" * 17, "content": ""}]),
+    (JOB_OPEN, 3, []), (JOB_OPEN, 3, {f"o{i}": 1 for i in range(65)}), (JOB_OPEN, 3, {"o": {"nested": 1}}),
+    (JOB_OPEN, 3, {"o": [[1]]}), (JOB_OPEN, 3, {"o": None}), (JOB_OPEN, 4, 0), (JOB_OPEN, 4, 3601), (JOB_OPEN, 4, True),
+    (JOB_OPEN, 4, float("nan")), (JOB_OPEN, 5, "u" * 129), (JOB_OPEN, 6, 4097), (JOB_OPEN, 7, "t" * 129),
+    (JOB_OPEN, 7, None),
+    # JobChunk, JobEnd, JobCancel, JobCredit
+    (JOB_CHUNK, 0, -1), (JOB_CHUNK, 1, b"bytes"), (JOB_CHUNK, 1, "x" * (16 * 1024 + 1)),
+    (JOB_END, 1, "r" * 33), (JOB_END, 4, 1000), (JOB_END, 5, "e" * 1025), (JOB_END, 2, -1),
+    (JOB_CANCEL, 0, "1"), (JOB_CREDIT, 1, 4097), (JOB_CREDIT, 1, -1),
     # Rumors.items
     (RUMORS, 0, b"a"), (RUMORS, 0, ["a"]), (RUMORS, 0, [b"a", 1]), (RUMORS, 0, None), (RUMORS, 0, {"a": b"a"}),
     # SyncRequest.digest
@@ -320,65 +343,15 @@ def test_malformed_fields_are_refused(kind, index, value):
 
 # ---- handshake transcript ---------------------------------------------------------------------------------
 
-INITIATOR = make_hello(PEER_A, nonce=b"\x0a" * 32)
-RESPONDER = make_hello(PEER_B, nonce=b"\x0b" * 32)
+HASH = bytes(range(32))
 
 
 def test_transcript_exact_bytes():
-    expected = frame(
-        b"dcn-handshake-1",
-        b"I",
-        b"\x00\x01", PEER_A.encode(), b"\x0a" * 32, b"open",
-        b"\x00\x01", PEER_B.encode(), b"\x0b" * 32, b"open",
-    )  # fmt: skip
-    assert handshake_transcript(INITIATOR, RESPONDER, True) == expected
+    assert auth_transcript(HASH, True) == b"dcn-auth-2" + b"I" + HASH
+    assert auth_transcript(HASH, False) == b"dcn-auth-2" + b"R" + HASH
 
 
-def test_transcript_is_deterministic():
-    assert handshake_transcript(INITIATOR, RESPONDER, True) == handshake_transcript(
-        make_hello(PEER_A, nonce=b"\x0a" * 32), make_hello(PEER_B, nonce=b"\x0b" * 32), True
-    )
-
-
-def test_transcript_differs_by_role():
-    assert handshake_transcript(INITIATOR, RESPONDER, True) != handshake_transcript(INITIATOR, RESPONDER, False)
-
-
-@pytest.mark.parametrize("role", [True, False])
-def test_transcript_differs_by_each_nonce(role):
-    base = handshake_transcript(INITIATOR, RESPONDER, role)
-    other_nonce = b"\x0c" * 32
-    assert handshake_transcript(make_hello(PEER_A, nonce=other_nonce), RESPONDER, role) != base
-    assert handshake_transcript(INITIATOR, make_hello(PEER_B, nonce=other_nonce), role) != base
-
-
-@pytest.mark.parametrize("role", [True, False])
-def test_transcript_differs_by_every_hello_field(role):
-    base = handshake_transcript(INITIATOR, RESPONDER, role)
-    variants = [
-        (make_hello(PEER_B, nonce=b"\x0a" * 32), RESPONDER),
-        (make_hello(PEER_A, nonce=b"\x0a" * 32, network="abc"), RESPONDER),
-        (make_hello(PEER_A, nonce=b"\x0a" * 32, version=2), RESPONDER),
-        (INITIATOR, make_hello(PEER_A, nonce=b"\x0b" * 32)),
-        (INITIATOR, make_hello(PEER_B, nonce=b"\x0b" * 32, network="abc")),
-        (INITIATOR, make_hello(PEER_B, nonce=b"\x0b" * 32, version=2)),
-    ]
-    transcripts = {handshake_transcript(i, r, role) for i, r in variants}
-    assert len(transcripts) == len(variants)
-    assert base not in transcripts
-
-
-def test_transcript_differs_when_the_hellos_swap_places():
-    # B cannot reflect A's Auth back at A: the roles and the order of the hellos both change the bytes.
-    signed_by_a = handshake_transcript(INITIATOR, RESPONDER, True)
-    assert handshake_transcript(RESPONDER, INITIATOR, True) != signed_by_a
-    assert handshake_transcript(RESPONDER, INITIATOR, False) != signed_by_a
-    assert handshake_transcript(INITIATOR, RESPONDER, False) != signed_by_a
-
-
-def test_transcript_framing_keeps_field_boundaries():
-    # Moving a character from one length-prefixed field to the next gives different bytes.
-    a = handshake_transcript(make_hello("ab", network="c"), make_hello("d"), True)
-    b = handshake_transcript(make_hello("a", network="bc"), make_hello("d"), True)
-    c = handshake_transcript(make_hello("ab", network=""), make_hello("cd"), True)
-    assert len({a, b, c}) == 3
+def test_transcript_differs_by_role_and_by_connection():
+    # B cannot reflect A's Auth back at A (roles differ), nor replay it on another connection (hashes differ).
+    assert auth_transcript(HASH, True) != auth_transcript(HASH, False)
+    assert auth_transcript(HASH, True) != auth_transcript(bytes(32), True)

@@ -7,6 +7,7 @@ import trio
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Request
 
+from p2pnode.net.transport import PEER_PATH
 from tests.net.helpers import Network, wait_all
 
 pytestmark = pytest.mark.slow
@@ -20,7 +21,7 @@ async def test_a_ping_after_our_close_does_not_end_the_listener(nursery):
     port = int(node.url.rsplit(":", 1)[1])
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     ws = WSConnection(ConnectionType.CLIENT)
-    await stream.send_all(ws.send(Request(host="127.0.0.1", target="/dcn/1")))
+    await stream.send_all(ws.send(Request(host="127.0.0.1", target=PEER_PATH)))
     closed = False
     with trio.fail_after(10):
         while not closed:

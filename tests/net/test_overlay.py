@@ -9,7 +9,7 @@ from p2pnode.core.identity import Identity
 from p2pnode.core.membership import MemberState
 from p2pnode.core.records import NodeRecord, NodeStatus, Notice, NoticeKind, next_seq, seal_notice, seal_record
 from p2pnode.core.wire import Rumors
-from p2pnode.net.transport import HandshakeConfig, dial
+from p2pnode.net.transport import OPEN_NETWORK_KEY, HandshakeConfig, dial
 from p2pnode.core.wire import WireLimits
 
 from tests.net.helpers import Network, state_of, wait_all
@@ -143,7 +143,7 @@ async def test_hostile_statements_are_refused_and_the_node_keeps_serving(nursery
     oversized = seal_record(bystander_id, _record(bystander_id, seq=7, issued_at=now, models=tuple(f"m{i}" for i in range(300))))
     # The honest node's record, replayed with its seq: stale.
     replay = honest.overlay.local_record.envelope
-    config = HandshakeConfig(attacker, "open", 5.0, WireLimits())
+    config = HandshakeConfig(attacker, OPEN_NETWORK_KEY, 5.0, WireLimits())
     attacker_record = seal_record(attacker, _record(attacker, seq=next_seq(0, now), issued_at=now, name="attacker"))
     async with dial(honest.url, config, attacker_record, wall_now=time.time, outbox=16) as link:
         forged[30] ^= 0x01  # also break the signer field

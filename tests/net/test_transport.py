@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import trio
 import trio.testing
 import trio_websocket
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from p2pnode.core.identity import Identity
 from p2pnode.core.records import PROTOCOL_VERSION, NodeRecord, SignedRecord, seal_record
-from p2pnode.core.wire import Auth, Hello, WireLimits, decode, encode, handshake_transcript
-from p2pnode.errors import BadSignature, DecodeError, PeerRejected, PeerTimeout
-from p2pnode.net.transport import PEER_PATH, CloseCode, HandshakeConfig, handshake
+from p2pnode.core.noise import NoiseHandshake
+from p2pnode.core.wire import Auth, Rumors, WireLimits, auth_transcript, encode
+from p2pnode.errors import BadSignature, PeerRejected, PeerTimeout, RemoteProtocolError
+from p2pnode.net.transport import OPEN_NETWORK_KEY, PEER_PATH, CloseCode, HandshakeConfig, handshake
 
 TIMEOUT = 5.0
 WALL = 1_800_000_000.0
@@ -21,8 +25,8 @@ def signed_record(identity: Identity) -> SignedRecord:
     return seal_record(identity, NodeRecord(peer_id=identity.peer_id, seq=1, issued_at=WALL, lifetime=60.0))
 
 
-def config(identity: Identity, network: str = "open") -> HandshakeConfig:
-    return HandshakeConfig(identity, network, TIMEOUT, WireLimits())
+def config(identity: Identity, network_key: bytes = OPEN_NETWORK_KEY) -> HandshakeConfig:
+    return HandshakeConfig(identity, network_key, TIMEOUT, WireLimits())
 
 
 async def ws_pair(nursery: trio.Nursery):
@@ -39,9 +43,10 @@ async def ws_pair(nursery: trio.Nursery):
     return sides["client"], sides["server"]
 
 
-async def run_handshake(ws, identity: Identity, *, initiator: bool, network: str = "open"):
+async def run_handshake(ws, identity: Identity, *, initiator: bool, network_key: bytes = OPEN_NETWORK_KEY):
     return await handshake(
-        ws, config(identity, network), signed_record(identity), initiator=initiator, wall_now=lambda: WALL, outbox=8
+        ws, config(identity, network_key), signed_record(identity), initiator=initiator, wall_now=lambda: WALL,
+        outbox=8,
     )
 
 
@@ -77,35 +82,49 @@ async def test_a_silent_peer_times_out_at_the_handshake_deadline(nursery, autoju
     assert trio.current_time() - start == pytest.approx(TIMEOUT)
 
 
-async def _impostor(ws, hello: Hello, make_auth) -> int | None:
-    """Play the dialling side by hand: send ``hello``, read theirs, send ``make_auth(theirs)``; return the close code."""
-    await ws.send_message(encode(hello))
-    theirs = decode(await ws.get_message())
-    await ws.send_message(encode(make_auth(theirs)))
-    try:
-        while True:
-            await ws.get_message()
-    except trio_websocket.ConnectionClosed as closed:
-        return closed.reason.code
+class Impostor:
+    """Plays the dialling side by hand over ``ws``: the Noise handshake with ``key``, then whatever Auth it likes."""
+
+    def __init__(self, ws, key: bytes = OPEN_NETWORK_KEY) -> None:
+        self.ws = ws
+        self.noise = NoiseHandshake(initiator=True, psk=key, ephemeral=X25519PrivateKey.generate(), prologue=b"dcn-peer-link")
+        self.sent: list[bytes] = []  # every frame, as it went over the wire
+
+    async def send_frame(self, frame: bytes) -> None:
+        self.sent.append(frame)
+        await self.ws.send_message(frame)
+
+    async def noise_handshake(self) -> None:
+        await self.send_frame(self.noise.write_message())
+        self.noise.read_message(await self.ws.get_message())
+        self.encrypt, self.decrypt = self.noise.split()
+
+    async def send_auth(self, auth: Auth) -> None:
+        await self.send_frame(self.encrypt.encrypt(encode(auth)))
+
+    async def close_code(self) -> int | None:
+        try:
+            while True:
+                await self.ws.get_message()
+        except trio_websocket.ConnectionClosed as closed:
+            return closed.reason.code
 
 
 async def test_claiming_another_peers_id_fails_with_a_policy_close(nursery):
     client, server = await ws_pair(nursery)
     victim, mallory, bob = Identity.generate(), Identity.generate(), Identity.generate()
-    hello = Hello(PROTOCOL_VERSION, victim.peer_id, b"\x01" * 32, "open")
-
-    def forged_auth(theirs: Hello) -> Auth:
-        # Mallory signs the right transcript, but with her own key.
-        signature = mallory.sign(handshake_transcript(hello, theirs, True))
-        return Auth(signature, signed_record(victim).envelope)
-
+    impostor = Impostor(client)
     codes = {}
 
-    async def impostor():
-        codes["impostor"] = await _impostor(client, hello, forged_auth)
+    async def play():
+        await impostor.noise_handshake()
+        # Mallory signs this very connection's transcript, but with her own key, and claims the victim's id.
+        signature = mallory.sign(auth_transcript(impostor.noise.handshake_hash, True))
+        await impostor.send_auth(Auth(PROTOCOL_VERSION, victim.peer_id, signature, signed_record(victim).envelope))
+        codes["impostor"] = await impostor.close_code()
 
     async with trio.open_nursery() as inner:
-        inner.start_soon(impostor)
+        inner.start_soon(play)
         with pytest.raises(BadSignature):
             await run_handshake(server, bob, initiator=False)
     assert codes["impostor"] == CloseCode.POLICY
@@ -113,49 +132,126 @@ async def test_claiming_another_peers_id_fails_with_a_policy_close(nursery):
 
 async def test_a_replayed_auth_from_an_earlier_handshake_fails(nursery):
     alice, bob = Identity.generate(), Identity.generate()
-    # First, a genuine handshake, whose Auth from alice we capture.
-    captured = {}
+    # First, a genuine handshake between alice and bob, whose frames from alice a recorder on the wire keeps.
     client, server = await ws_pair(nursery)
+    recorded: list[bytes] = []
+    original_send = client.send_message
 
-    async def alice_side():
-        await run_handshake(client, alice, initiator=True)
+    async def recording_send(message):
+        recorded.append(message)
+        await original_send(message)
 
-    async def bob_side_capturing():
-        hello = Hello(PROTOCOL_VERSION, bob.peer_id, b"\x02" * 32, "open")
-        await server.send_message(encode(hello))
-        theirs = decode(await server.get_message())
-        await server.send_message(encode(Auth(bob.sign(handshake_transcript(theirs, hello, False)), signed_record(bob).envelope)))
-        captured["auth"] = decode(await server.get_message())
-        captured["hello"] = theirs
-
+    client.send_message = recording_send
     async with trio.open_nursery() as inner:
-        inner.start_soon(alice_side)
-        inner.start_soon(bob_side_capturing)
-    # Then Mallory replays alice's hello and auth to bob on a new connection: bob's nonce is fresh.
+        inner.start_soon(functools.partial(run_handshake, client, alice, initiator=True))
+        inner.start_soon(functools.partial(run_handshake, server, bob, initiator=False))
+    assert len(recorded) == 2  # Noise message 1, then the encrypted Auth
+
+    # Mallory replays alice's frames to bob on a new connection: bob's fresh ephemeral key changes every key.
     client2, server2 = await ws_pair(nursery)
+
+    async def replay():
+        await client2.send_message(recorded[0])
+        await client2.get_message()
+        await client2.send_message(recorded[1])
+
     async with trio.open_nursery() as inner:
-        inner.start_soon(_impostor, client2, captured["hello"], lambda theirs: captured["auth"])
-        with pytest.raises(BadSignature):
+        inner.start_soon(replay)
+        with pytest.raises(RemoteProtocolError, match="cannot decrypt"):
             await run_handshake(server2, bob, initiator=False)
 
 
-@pytest.mark.parametrize(
-    ("hello_changes", "code"),
-    [({"version": PROTOCOL_VERSION + 1}, CloseCode.VERSION), ({"network": "0123456789abcdef"}, CloseCode.NETWORK)],
-)
-async def test_incompatible_peers_are_refused_with_a_reason(nursery, hello_changes, code):
+async def test_a_tampered_handshake_message_fails(nursery):
     client, server = await ws_pair(nursery)
-    stranger = Identity.generate()
-    fields = {"version": PROTOCOL_VERSION, "peer_id": stranger.peer_id, "nonce": b"\x03" * 32, "network": "open"}
-    fields.update(hello_changes)
-    await client.send_message(encode(Hello(**fields)))
+    impostor = Impostor(client)
+    first = impostor.noise.write_message()
+    await client.send_message(first[:-1] + bytes([first[-1] ^ 1]))
     with pytest.raises(PeerRejected) as refused:
         await run_handshake(server, Identity.generate(), initiator=False)
-    assert refused.value.code == code
-    with pytest.raises(trio_websocket.ConnectionClosed) as closed:
-        while True:
-            await client.get_message()
-    assert closed.value.reason.code == code
+    assert refused.value.code == CloseCode.NETWORK
+    assert await impostor.close_code() == CloseCode.NETWORK
+
+
+@pytest.mark.parametrize("their_key", [b"\x01" * 32, OPEN_NETWORK_KEY], ids=["other-key", "no-key"])
+async def test_a_node_without_our_network_key_learns_nothing(nursery, their_key):
+    """It is refused after its first message, with no byte of ours but the close: not our id, not our record."""
+    client, server = await ws_pair(nursery)
+    impostor = Impostor(client, their_key)
+    received: list[bytes] = []
+
+    async def stranger():
+        await impostor.send_frame(impostor.noise.write_message())
+        try:
+            while True:
+                received.append(await client.get_message())
+        except trio_websocket.ConnectionClosed as closed:
+            received.append(closed.reason.code)
+
+    async with trio.open_nursery() as inner:
+        inner.start_soon(stranger)
+        with pytest.raises(PeerRejected) as refused:
+            await run_handshake(server, Identity.generate(), initiator=False, network_key=b"\x07" * 32)
+    assert refused.value.code == CloseCode.NETWORK
+    assert received == [CloseCode.NETWORK]
+
+
+async def test_nodes_sharing_a_network_key_link_and_the_dialler_of_another_network_is_told_why(nursery):
+    key = b"\x07" * 32
+    client, server = await ws_pair(nursery)
+    async with trio.open_nursery() as inner:
+        inner.start_soon(functools.partial(run_handshake, server, Identity.generate(), initiator=False, network_key=key))
+        link = await run_handshake(client, Identity.generate(), initiator=True, network_key=key)
+    assert link.peer_id
+    client, server = await ws_pair(nursery)
+    async with trio.open_nursery() as inner:
+
+        async def keyed_listener():
+            with pytest.raises(PeerRejected):
+                await run_handshake(server, Identity.generate(), initiator=False, network_key=key)
+
+        inner.start_soon(keyed_listener)
+        with pytest.raises(PeerRejected) as refused:
+            await run_handshake(client, Identity.generate(), initiator=True)
+    assert refused.value.code == CloseCode.NETWORK
+
+
+async def test_a_peer_of_another_protocol_version_is_refused_with_a_reason(nursery):
+    client, server = await ws_pair(nursery)
+    stranger = Identity.generate()
+    impostor = Impostor(client)
+    codes = {}
+
+    async def play():
+        await impostor.noise_handshake()
+        signature = stranger.sign(auth_transcript(impostor.noise.handshake_hash, True))
+        await impostor.send_auth(Auth(PROTOCOL_VERSION + 1, stranger.peer_id, signature, signed_record(stranger).envelope))
+        codes["stranger"] = await impostor.close_code()
+
+    async with trio.open_nursery() as inner:
+        inner.start_soon(play)
+        with pytest.raises(PeerRejected) as refused:
+            await run_handshake(server, Identity.generate(), initiator=False)
+    assert refused.value.code == codes["stranger"] == CloseCode.VERSION
+
+
+async def test_messages_on_a_link_are_encrypted_and_tampering_is_detected(nursery):
+    alice, bob, alice_link, bob_link, client, server = await linked_pair(nursery)
+    secret = "the prompt nobody else may read"
+    frames: list[bytes] = []
+    original_send = client.send_message
+
+    async def recording_send(message):
+        frames.append(message)
+        await original_send(message)
+
+    client.send_message = recording_send
+    await alice_link.send(Rumors((secret.encode(),)))
+    assert (await bob_link.receive(WireLimits())).items == (secret.encode(),)
+    assert frames and secret.encode() not in frames[0]
+    # A frame flipped in transit (or replayed) does not decrypt: the link fails with a protocol error.
+    await original_send(frames[0][:-1] + bytes([frames[0][-1] ^ 1]))
+    with pytest.raises(RemoteProtocolError, match="cannot decrypt"):
+        await bob_link.receive(WireLimits())
 
 
 async def test_dialling_ourselves_is_refused(nursery):
@@ -172,12 +268,12 @@ async def test_dialling_ourselves_is_refused(nursery):
     assert refused.value.code == CloseCode.SELF
 
 
-async def test_garbage_instead_of_hello_is_a_protocol_error(nursery):
+async def test_garbage_instead_of_the_first_handshake_message_is_refused(nursery):
     client, server = await ws_pair(nursery)
-    await client.send_message(b"\xc1 this is not msgpack")
-    with pytest.raises(DecodeError):
+    await client.send_message(b"\xc1 this is not a handshake")
+    with pytest.raises(PeerRejected):
         await run_handshake(server, Identity.generate(), initiator=False)
     with pytest.raises(trio_websocket.ConnectionClosed) as closed:
         while True:
             await client.get_message()
-    assert closed.value.reason.code == CloseCode.PROTOCOL
+    assert closed.value.reason.code == CloseCode.NETWORK
