@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import logging
 import os
 import signal
 import socket
 import sys
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -142,19 +142,6 @@ def _section(kind: type, values: dict[str, Any], name: str) -> Any:
     return kind(**values)
 
 
-def network_fingerprint(key_path: str | None) -> str:
-    """"open", or a short public fingerprint of the network key (the key itself never leaves this machine)."""
-    if key_path is None:
-        return "open"
-    try:
-        key = Path(key_path).read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read network key {key_path}: {exc.strerror}") from None
-    if len(key) != 32:
-        raise ConfigError(f"network key {key_path} must hold exactly 32 bytes, it holds {len(key)}")
-    return hashlib.sha256(b"dcn-network-fingerprint" + key).hexdigest()[:16]
-
-
 def build_config(args: argparse.Namespace, environ: dict[str, str]) -> tuple[NodeConfig, dict[str, Any]]:
     """Merge defaults < TOML < env < flags into a frozen NodeConfig (plus the logging settings)."""
     settings = _defaults()
@@ -184,12 +171,15 @@ def build_config(args: argparse.Namespace, environ: dict[str, str]) -> tuple[Nod
         if not 0 < len(settings[key]) <= 64:
             raise ConfigError(f"{key} must be 1 to 64 characters")
 
+    network_key = Path(settings["network_key"]).expanduser() if settings["network_key"] else None
+    key = keystore.load_network_key(network_key) if network_key else None
     overlay = OverlayConfig(
         listen_host=listen_host,
         listen_port=listen_port,
         advertise=tuple(settings["advertise"]),
         seeds=tuple(settings["seeds"]),
-        network=network_fingerprint(settings["network_key"]),
+        network=keystore.network_fingerprint(key),
+        network_key=key,
         **{name: _section(kind, dict(sections.get(name, {})), name) for name, kind in _SECTIONS.items()},
     )
     config = NodeConfig(
@@ -202,7 +192,7 @@ def build_config(args: argparse.Namespace, environ: dict[str, str]) -> tuple[Nod
         mdns_interfaces=tuple(settings["mdns_interfaces"]),
         backends=tuple(b for b in backends if b is not None),
         no_backend=None in backends,
-        network_key=Path(settings["network_key"]) if settings["network_key"] else None,
+        network_key=network_key,
         overlay=overlay,
     )
     return config, {"level": settings["log_level"], "format": settings["log_format"]}
@@ -219,12 +209,28 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--user", help="user id this node serves first")
     run.add_argument("--listen", metavar="HOST:PORT", help=f"peer websocket listener (default {DEFAULT_LISTEN})")
     run.add_argument("--http", metavar="HOST:PORT", help=f"local HTTP gateway (default {DEFAULT_HTTP})")
-    run.add_argument("--seed", dest="seeds", action="append", metavar="ws://HOST:PORT", help="peer to join through (repeatable)")
+    run.add_argument(
+        "--seed", dest="seeds", action="append", metavar="ws://HOST:PORT", help="peer to join through (repeatable)"
+    )
     run.add_argument("--no-mdns", action="store_true", help="do not discover peers on the LAN")
-    run.add_argument("--mdns-interface", dest="mdns_interfaces", action="append", metavar="IFACE", help="limit mDNS to IFACE (repeatable)")
-    run.add_argument("--backend", dest="backends", action="append", metavar="SPEC", help="none, ollama=URL, openai=URL or gguf=PATH (repeatable)")
+    run.add_argument(
+        "--mdns-interface",
+        dest="mdns_interfaces",
+        action="append",
+        metavar="IFACE",
+        help="limit mDNS to IFACE (repeatable)",
+    )
+    run.add_argument(
+        "--backend",
+        dest="backends",
+        action="append",
+        metavar="SPEC",
+        help="none, ollama=URL, openai=URL or gguf=PATH (repeatable)",
+    )
     run.add_argument("--network-key", metavar="FILE", help="pre-shared network key: only nodes holding it may join")
-    run.add_argument("--advertise", action="append", metavar="ws://HOST:PORT", help="address peers should dial (repeatable)")
+    run.add_argument(
+        "--advertise", action="append", metavar="ws://HOST:PORT", help="address peers should dial (repeatable)"
+    )
     run.add_argument("--log-level", help="debug, info, warning or error")
     run.add_argument("--log-format", help="text or json")
 
@@ -244,6 +250,17 @@ def _parser() -> argparse.ArgumentParser:
 
     ident = sub.add_parser("id", help="print this node's peer id (creating the identity if needed)")
     ident.add_argument("--data-dir", metavar="DIR")
+
+    keys = sub.add_parser("keys", help="create the network key and the users' API keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="KEYS_COMMAND")
+    new_network = keys_sub.add_parser("new-network", help="write a new 32-byte network key to FILE (0600)")
+    new_network.add_argument("file", metavar="FILE")
+    for name, what in (("add-user", "add a user and print their API key once"), ("remove-user", "revoke a user's key")):
+        cmd = keys_sub.add_parser(name, help=what)
+        cmd.add_argument("user_name", metavar="NAME")
+        cmd.add_argument("--data-dir", metavar="DIR", help="the node's data dir (as for `dcn-node run`)")
+    listing = keys_sub.add_parser("list-users", help="print the users who hold an API key")
+    listing.add_argument("--data-dir", metavar="DIR", help="the node's data dir (as for `dcn-node run`)")
     return parser
 
 
@@ -259,6 +276,9 @@ def main(argv: list[str] | None = None) -> None:
             setup_logging("warning", "text")
             print(keystore.load_or_create_identity(_data_dir(args, environ)).peer_id)
             code = 0
+        elif args.command == "keys":
+            setup_logging("warning", "text")
+            code = _keys(args, environ)
         elif args.command == "chat":
             from p2pnode import cli_views
 
@@ -276,7 +296,44 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _data_dir(args: argparse.Namespace, environ: dict[str, str]) -> Path:
-    return Path(args.data_dir or environ.get("DCN_DATA_DIR") or platformdirs.user_data_dir("dcn")).expanduser()
+    """The data dir `dcn-node run` would use: --data-dir, DCN_DATA_DIR, data_dir in DCN_CONFIG's file, default."""
+    chosen = args.data_dir or environ.get("DCN_DATA_DIR")
+    if not chosen and environ.get("DCN_CONFIG"):
+        chosen = _from_toml(environ["DCN_CONFIG"])[0].get("data_dir")
+    return Path(chosen or platformdirs.user_data_dir("dcn")).expanduser()
+
+
+def _keys(args: argparse.Namespace, environ: dict[str, str]) -> int:
+    from p2pnode import users
+
+    if args.keys_command == "new-network":
+        path = Path(args.file).expanduser().absolute()
+        fingerprint = keystore.network_fingerprint(keystore.write_network_key(path))
+        print(f"wrote a new network key to {path} (fingerprint {fingerprint})")
+        print("copy it securely (scp, never chat or e-mail) to every node of this network, and run each with:")
+        print(f"  dcn-node run --network-key {path}")
+        return 0
+    data_dir = _data_dir(args, environ)
+    where = data_dir / users.USERS_FILE
+    if args.keys_command == "add-user":
+        key = users.add_user(data_dir, args.user_name)
+        print(f"added user {args.user_name} to {where}")
+        print("their API key is shown only this once (only its hash is stored); clients send it as this HTTP header:")
+        print(f"Authorization: Bearer {key}")
+    elif args.keys_command == "remove-user":
+        users.remove_user(data_dir, args.user_name)
+        print(f"removed user {args.user_name} from {where}")
+    else:
+        listed = users.list_users(data_dir)
+        if not listed:
+            print(f"no users in {where}; add one with: dcn-node keys add-user NAME", file=sys.stderr)
+            return 0
+        width = max(4, *(len(user.name) for user in listed))
+        print(f"{'NAME':<{width}}  CREATED")
+        for user in listed:
+            created = time.strftime("%Y-%m-%d %H:%M", time.localtime(user.created)) if user.created else "-"
+            print(f"{user.name:<{width}}  {created}")
+    return 0
 
 
 def _local_gateway(data_dir: Path) -> str:
