@@ -19,6 +19,9 @@ import platformdirs
 
 from p2pnode import keystore
 from p2pnode.config import (
+    AttachedConfig,
+    GatewayConfig,
+    JobsConfig,
     DEFAULT_HTTP,
     DEFAULT_LISTEN,
     GossipConfig,
@@ -54,6 +57,7 @@ _SETTINGS: dict[str, tuple[str, str, type]] = {
 }
 # Tunables only the TOML file sets, one table each.
 _SECTIONS: dict[str, type] = {"gossip": GossipConfig, "peers": PeersConfig, "membership": MembershipConfig}
+_NODE_SECTIONS: dict[str, type] = {"gateway": GatewayConfig, "jobs": JobsConfig, "attached": AttachedConfig}
 
 
 def _defaults() -> dict[str, Any]:
@@ -85,7 +89,7 @@ def _from_toml(path: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     settings: dict[str, Any] = {}
     sections: dict[str, dict[str, Any]] = {}
     for key, value in data.items():
-        if key in _SECTIONS:
+        if key in _SECTIONS or key in _NODE_SECTIONS:
             if not isinstance(value, dict):
                 raise ConfigError(f"{path}: [{key}] must be a table")
             sections[key] = value
@@ -97,7 +101,7 @@ def _from_toml(path: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
                 raise ConfigError(f"{path}: {key} must be a {kind.__name__}, got {type(value).__name__}")
             settings[key] = value
         else:
-            known = ", ".join(sorted([*_SETTINGS, *_SECTIONS]))
+            known = ", ".join(sorted([*_SETTINGS, *_SECTIONS, *_NODE_SECTIONS]))
             raise ConfigError(f"{path}: unknown key {key!r} (known: {known})")
     return settings, sections
 
@@ -133,11 +137,13 @@ def _section(kind: type, values: dict[str, Any], name: str) -> Any:
         if key not in fields:
             raise ConfigError(f"[{name}] has no setting {key!r} (known: {', '.join(fields)})")
         expected = type(getattr(default, key))
+        if expected is tuple and isinstance(value, list) and all(isinstance(v, str) for v in value):
+            values[key] = value = tuple(value)
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             values[key] = value = float(value)
         if not isinstance(value, expected) or isinstance(value, bool) != (expected is bool):
             raise ConfigError(f"[{name}] {key} must be a {expected.__name__}")
-        if isinstance(value, (int, float)) and value <= 0:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
             raise ConfigError(f"[{name}] {key} must be positive")
     return kind(**values)
 
@@ -194,6 +200,7 @@ def build_config(args: argparse.Namespace, environ: dict[str, str]) -> tuple[Nod
         no_backend=None in backends,
         network_key=network_key,
         overlay=overlay,
+        **{name: _section(kind, dict(sections.get(name, {})), name) for name, kind in _NODE_SECTIONS.items()},
     )
     return config, {"level": settings["log_level"], "format": settings["log_format"]}
 
@@ -239,6 +246,7 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--http", dest="http_url", metavar="URL", help="gateway URL (default: the local node's)")
         cmd.add_argument("--data-dir", metavar="DIR", help="data dir of the local node, to find its gateway")
         cmd.add_argument("--json", action="store_true", help="print the raw JSON")
+        cmd.add_argument("--api-key", metavar="KEY", help="API key, when the gateway needs one (or DCN_API_KEY)")
 
     chat = sub.add_parser("chat", help="ask the network through a node's gateway; the answer streams to stdout")
     chat.add_argument("prompt", metavar="PROMPT")
@@ -247,6 +255,7 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--model", help="model name (default: the first the network has)")
     chat.add_argument("--strategy", choices=("route", "first", "best", "judge", "fuse"), help="how to use the network")
     chat.add_argument("--fanout", type=int, help="how many nodes to ask")
+    chat.add_argument("--api-key", metavar="KEY", help="API key, when the gateway needs one (or DCN_API_KEY)")
 
     ident = sub.add_parser("id", help="print this node's peer id (creating the identity if needed)")
     ident.add_argument("--data-dir", metavar="DIR")
@@ -283,12 +292,13 @@ def main(argv: list[str] | None = None) -> None:
             from p2pnode import cli_views
 
             url = args.http_url or _local_gateway(_data_dir(args, environ))
-            code = cli_views.chat(url, args.prompt, model=args.model, strategy=args.strategy, fanout=args.fanout)
+            code = cli_views.chat(url, args.prompt, model=args.model, strategy=args.strategy, fanout=args.fanout,
+                                  api_key=args.api_key or environ.get("DCN_API_KEY"))
         else:
             from p2pnode import cli_views
 
             url = args.http_url or _local_gateway(_data_dir(args, environ))
-            code = cli_views.show(args.command, url, as_json=args.json)
+            code = cli_views.show(args.command, url, as_json=args.json, api_key=args.api_key or environ.get("DCN_API_KEY"))
     except ConfigError as exc:
         print(f"dcn-node: error: {exc}", file=sys.stderr)
         code = 2

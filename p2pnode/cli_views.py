@@ -16,11 +16,26 @@ __all__ = ["chat", "format_peers", "format_status", "show"]
 _ENDPOINTS = {"status": "/api/distributed/stats", "peers": "/api/distributed/nodes"}
 
 
-def show(command: str, base_url: str, *, as_json: bool) -> int:
+def _headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def _refused(response: httpx.Response) -> int:
+    try:
+        reason = response.json().get("error", response.text)
+    except ValueError:
+        reason = response.text
+    hint = " (pass --api-key KEY or set DCN_API_KEY)" if response.status_code == 401 else ""
+    print(f"dcn-node: {reason}{hint}", file=sys.stderr)
+    return 1
+
+
+def show(command: str, base_url: str, *, as_json: bool, api_key: str | None = None) -> int:
     url = base_url.rstrip("/") + _ENDPOINTS[command]
     try:
-        response = httpx.get(url, timeout=5.0)
-        response.raise_for_status()
+        response = httpx.get(url, timeout=5.0, headers=_headers(api_key))
+        if response.status_code != 200:
+            return _refused(response)
         data = response.json()
     except httpx.HTTPError as exc:
         return _unreachable(url, exc)
@@ -37,13 +52,19 @@ def _unreachable(url: str, exc: Exception) -> int:
     return 1
 
 
-def chat(base_url: str, prompt: str, *, model: str | None, strategy: str | None, fanout: int | None) -> int:
+def chat(
+    base_url: str, prompt: str, *, model: str | None, strategy: str | None, fanout: int | None,
+    api_key: str | None = None,
+) -> int:
     """Stream an answer to stdout; who answered (the distributed metadata) goes to stderr."""
     base = base_url.rstrip("/")
     try:
-        with httpx.Client(base_url=base, timeout=httpx.Timeout(10.0, read=600.0)) as client:
+        with httpx.Client(base_url=base, timeout=httpx.Timeout(10.0, read=600.0), headers=_headers(api_key)) as client:
             if model is None:
-                models = client.get("/api/tags").json().get("models", [])
+                tags = client.get("/api/tags")
+                if tags.status_code != 200:
+                    return _refused(tags)
+                models = tags.json().get("models", [])
                 if not models:
                     print("dcn-node: no node of the network serves a model yet", file=sys.stderr)
                     return 1
@@ -53,8 +74,7 @@ def chat(base_url: str, prompt: str, *, model: str | None, strategy: str | None,
             with client.stream("POST", "/api/chat", json=body) as response:
                 if response.status_code != 200:
                     response.read()
-                    print(f"dcn-node: {response.json().get('error', response.text)}", file=sys.stderr)
-                    return 1
+                    return _refused(response)
                 for line in response.iter_lines():
                     if not line:
                         continue

@@ -72,6 +72,31 @@ class BackendSpec:
 
 
 @dataclass(frozen=True)
+class JobsConfig:
+    """What this node runs for peers: its owner's jobs always, others' within these bounds."""
+
+    max_remote_jobs: int = 4  # peers' jobs running here at once
+    remote_share: float = 1.0  # at most this share of the backends' slots for other users' jobs
+    peer_rate_per_minute: float = 600.0  # jobs one peer may start
+    peer_burst: int = 30
+    allowed_peers: tuple[str, ...] = ()  # peer ids that may run jobs here; empty: every peer of the network
+    allowed_users: tuple[str, ...] = ()  # users whose jobs run here (the owner always); empty: everybody
+    window: int = 32  # chunks a worker may send ahead of the client's reading
+    default_timeout: float = 600.0
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """Limits of the HTTP gateway, per user (per client address when there are no API keys)."""
+
+    rate_per_minute: float = 600.0  # requests; 0: unlimited
+    burst: int = 60  # requests at once after a quiet spell
+    max_concurrent: int = 32  # requests (streams included) running at once; 0: unlimited
+    max_clients: int = 10_000  # users or addresses tracked; more new ones at once are refused, not remembered
+    reload_interval: float = 2.0  # seconds between checks of users.json
+
+
+@dataclass(frozen=True)
 class AttachedConfig:
     """Servers attached over HTTP (``/api/distributed/register``) and their heartbeats."""
 
@@ -95,6 +120,8 @@ class NodeConfig:
     network_key: Path | None = None
     overlay: OverlayConfig = field(default_factory=OverlayConfig)
     attached: AttachedConfig = field(default_factory=AttachedConfig)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    jobs: JobsConfig = field(default_factory=JobsConfig)
 
 
 def parse_host_port(text: str, what: str) -> tuple[str, int]:

@@ -22,6 +22,7 @@ and the winner.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -104,12 +105,26 @@ class _Attempt:
 class _Request:
     """The bookkeeping of one distributed request."""
 
+    id: int
     strategy: str
+    model: str
+    user: str | None  # who asked (None: this node's owner, through an unauthenticated local gateway)
+    started_at: float = field(default_factory=time.time)
     attempts: list[_Attempt] = field(default_factory=list)
+    cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)  # its user may cancel it
 
     def metadata(self) -> dict[str, Any]:
         winner = next((a.node.peer_id for a in self.attempts if a.winner), None)
-        return {"strategy": self.strategy, "candidates": [a.report() for a in self.attempts], "winner": winner}
+        return {
+            "request_id": self.id, "strategy": self.strategy, "candidates": [a.report() for a in self.attempts],
+            "winner": winner,
+        }
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "model": self.model, "strategy": self.strategy, "started_at": round(self.started_at, 3),
+            "nodes": sorted({a.node.peer_id for a in self.attempts if a.outcome == "pending"}),
+        }
 
 
 class Coordinator:
@@ -117,6 +132,8 @@ class Coordinator:
         self.workers = workers
         self.scheduler = scheduler
         self.config = config
+        self._running: dict[int, _Request] = {}
+        self._ids = itertools.count(1)
 
     @property
     def models(self) -> list[ModelInfo]:
@@ -124,6 +141,18 @@ class Coordinator:
 
     def holders(self, model: str) -> list[str]:
         return self.workers.holders(model)
+
+    def requests_of(self, user: str | None) -> list[dict[str, Any]]:
+        """The requests running for ``user``: nobody sees another user's."""
+        return [r.summary() for r in self._running.values() if r.user == user]
+
+    def cancel(self, request_id: int, user: str | None) -> bool:
+        """Cancel one of ``user``'s requests (every job of it, on every node); ``False`` if they have no such."""
+        request = self._running.get(request_id)
+        if request is None or request.user != user:
+            return False
+        request.cancel_scope.cancel()
+        return True
 
     # ---- running a request ---------------------------------------------------------------------------------
 
@@ -133,14 +162,15 @@ class Coordinator:
         options = DistributedOptions.parse(
             routing.distributed, routing.header_strategy, self.config.default_strategy, use=routing.use_distributed
         )
-        return self._open(request, options)
+        return self._open(request, options, routing.user)
 
     @asynccontextmanager
-    async def _open(self, request: ChatRequest, options: DistributedOptions) -> AsyncIterator[AsyncIterator[ChatChunk]]:
+    async def _open(self, request: ChatRequest, options: DistributedOptions, user: str | None) -> AsyncIterator[AsyncIterator[ChatChunk]]:
         timeout = options.timeout or request.timeout or self.config.default_timeout
         request = replace(request, timeout=timeout)
-        state = _Request(options.strategy)
         plan = self._plan(request, options)
+        state = _Request(next(self._ids), options.strategy, request.model, user)
+        self._running[state.id] = state
         deadline = trio.current_time() + timeout
         send, receive = trio.open_memory_channel[ChatChunk | BaseException](16)
         try:
@@ -154,6 +184,8 @@ class Coordinator:
                 nursery.cancel_scope.cancel()
         except* (GatewayError, BackendError, PeerError) as group:
             raise first_leaf(group) from None  # one clear error for the gateway, not a group
+        finally:
+            del self._running[state.id]
 
     def _plan(self, request: ChatRequest, options: DistributedOptions) -> list[tuple[str, NodeView]]:
         nodes = [n for n in self.workers.nodes() if n.is_local or not options.local_only]
@@ -175,8 +207,10 @@ class Coordinator:
                     "judge": self._combine, "fuse": self._combine}[options.strategy]
         async with send:
             try:
-                with trio.move_on_at(deadline) as scope:
+                with trio.move_on_at(deadline) as scope, state.cancel_scope:
                     await strategy(request, options, plan, state, send)
+                if state.cancel_scope.cancelled_caught:
+                    raise GatewayError("cancelled by its user", status_hint=499)
                 if scope.cancelled_caught:
                     raise GatewayError(f"no answer within the request's {request.timeout:.0f} s deadline", status_hint=504)
             except (GatewayError, BackendError, PeerError) as exc:
@@ -195,7 +229,7 @@ class Coordinator:
             if produced:  # continue a partial answer another node began
                 request = replace(request, messages=(*request.messages, {"role": "assistant", "content": "".join(produced)}))
             final = None
-            async with self.workers.open_on(node, replace(request, model=model)) as chunks:
+            async with self.workers.open_on(node, replace(request, model=model), user=state.user) as chunks:
                 async for chunk in chunks:  # to the end, past the final chunk: the backend's connection is reused
                     if chunk.content:
                         if ttft is None:
@@ -325,7 +359,7 @@ class Coordinator:
             parts: list[str] = []
             ttft = None
             try:
-                async with self.workers.open_on(attempt.node, replace(request, model=attempt.model)) as chunks:
+                async with self.workers.open_on(attempt.node, replace(request, model=attempt.model), user=state.user) as chunks:
                     async for chunk in chunks:
                         if chunk.content and ttft is None:
                             ttft = (time.perf_counter() - attempt.started) * 1000
@@ -382,7 +416,7 @@ class Coordinator:
             prompt = combine.judge_prompt(question, [texts[i] for i in order])
             judge_request = replace(request, messages=({"role": "user", "content": prompt},), options={"temperature": 0})
             try:
-                async with self.workers.open_on(judge, judge_request) as chunks:
+                async with self.workers.open_on(judge, judge_request, user=state.user) as chunks:
                     verdict = "".join([c.content async for c in chunks])
             except (BackendError, PeerError) as exc:
                 log.info("judge %s failed (%s): keeping the consensus choice", short_id(judge.peer_id), exc)

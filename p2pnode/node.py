@@ -20,10 +20,11 @@ from p2pnode.config import NodeConfig
 from p2pnode.coordinator import Coordinator, CoordinatorConfig
 from p2pnode.core.identity import Identity
 from p2pnode.core.scheduler import Scheduler
-from p2pnode.gateway import distributed_api, ollama_api, openai_api
+from p2pnode.gateway import distributed_api, ollama_api, openai_api, openapi, requests_api
 from p2pnode.gateway.app import GatewayApp, serve_gateway
+from p2pnode.gateway.guard import Guard, check_exposure, is_loopback
 from p2pnode.net.discovery import Discovery, DiscoveryConfig
-from p2pnode.net.jobs import Jobs, JobsConfig
+from p2pnode.net.jobs import Jobs
 from p2pnode.net.overlay import Overlay
 from p2pnode.workers import Workers
 
@@ -47,13 +48,17 @@ class Node:
         self.compute: LocalCompute | None = None
         self.overlay: Overlay | None = None
         self.attached = AttachedServers(config.attached, BackendConfig(), on_change=self._changed)
-        self.jobs = Jobs(lambda: self.compute, self.attached, JobsConfig(), owner=config.user)
+        self.jobs = Jobs(lambda: self.compute, self.attached, config.jobs, identity=identity, owner=config.user)
         self.workers = Workers(lambda: self.overlay, lambda: self.compute, self.attached, self.jobs, user=config.user)
         self.coordinator = Coordinator(self.workers, Scheduler(), CoordinatorConfig())
-        self.gateway = GatewayApp()
+        self.guard = Guard(config.data_dir, config.gateway, require_keys=not is_loopback(config.http_host))
+        check_exposure(config.http_host, self.guard.keys)
+        self.gateway = GatewayApp(self.guard)
         distributed_api.install(self.gateway, lambda: self.overlay.membership, self.attached, self._clocks)
         ollama_api.install(self.gateway, lambda: self.coordinator)
+        requests_api.install(self.gateway, lambda: self.coordinator)
         openai_api.install(self.gateway, lambda: self.coordinator)
+        openapi.install(self.gateway)
 
     @staticmethod
     def _clocks() -> tuple[float, float]:
@@ -78,6 +83,7 @@ class Node:
                 await nursery.start(self.compute.run)
                 await nursery.start(self.jobs.run)
                 await nursery.start(self.attached.run)
+                await nursery.start(self.guard.run)
                 self.overlay = Overlay(self.identity, cfg.overlay, self._describe, extensions=[self.jobs])
                 peer_port = await nursery.start(self.overlay.run)
                 http_url = await nursery.start(serve_gateway, self.gateway, cfg.http_host, cfg.http_port)

@@ -34,7 +34,7 @@ class Workers:
         self._compute = compute
         self._attached = attached
         self._jobs = jobs
-        self.user = user  # who asks, as told to peers (the coordinator vouches for it)
+        self.owner = user  # this node's owner: the user of requests its gateway did not authenticate
 
     def nodes(self) -> list[NodeView]:
         """Every node that can take work now."""
@@ -71,8 +71,11 @@ class Workers:
     def holders(self, model: str) -> list[str]:
         return [node.peer_id for node in self.nodes() if model in node.models]
 
-    def open_on(self, node: NodeView, request: ChatRequest) -> AbstractAsyncContextManager[AsyncIterator[ChatChunk]]:
-        """Run ``request`` on ``node``, wherever it is. :class:`PeerUnreachable` when a planned peer lost its link."""
+    def open_on(
+        self, node: NodeView, request: ChatRequest, *, user: str | None = None
+    ) -> AbstractAsyncContextManager[AsyncIterator[ChatChunk]]:
+        """Run ``request`` for ``user`` (None: this node's owner) on ``node``, wherever it is.
+        :class:`PeerUnreachable` when a planned peer lost its link."""
         host, _, attached = node.peer_id.partition("/")
         if node.is_local:
             return self._compute().open_chat(request)
@@ -81,7 +84,7 @@ class Workers:
         link = self._overlay().link_to(host)
         if link is None:
             raise PeerUnreachable(f"no link to {short_id(host)} any more")
-        return self._jobs.open_remote_chat(link, request, user=self.user, target=attached)
+        return self._jobs.open_remote_chat(link, request, user=user or self.owner, target=attached)
 
 
 def _serving(node: AttachedNode) -> bool:

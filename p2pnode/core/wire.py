@@ -17,7 +17,7 @@ the signer's role: an Auth is valid on this one connection only, in this one dir
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, ClassVar, Union
 
 import msgpack
@@ -43,9 +43,11 @@ __all__ = [
     "decode",
     "encode",
     "auth_transcript",
+    "job_transcript",
 ]
 
 _TRANSCRIPT_DOMAIN = b"dcn-auth-2"
+_JOB_DOMAIN = b"dcn-job-1"
 
 
 class MessageType(enum.IntEnum):
@@ -143,6 +145,7 @@ class JobOpen(_Message):
     user: str  # who asked (the coordinator vouches for it)
     window: int
     target: str = ""  # an attached server of the worker's (its node_id), or "" for the worker's own compute
+    signature: bytes = b""  # the coordinator's, over job_transcript(worker id, this job with an empty signature)
 
 
 @dataclass(frozen=True)
@@ -299,8 +302,10 @@ _OPTION_VALUE = (int, float, str, bool)
 
 
 def _decode_job_open(fields: list[Any], limits: WireLimits) -> JobOpen:
-    _arity(fields, 8, "JobOpen")
-    job, model, messages, options, timeout, user, window, target = fields
+    _arity(fields, 9, "JobOpen")
+    job, model, messages, options, timeout, user, window, target, signature = fields
+    if not isinstance(signature, bytes) or len(signature) != 64:
+        raise DecodeError("JobOpen.signature must be 64 bytes")
     if not isinstance(messages, list) or not 0 < len(messages) <= limits.max_job_messages:
         raise DecodeError(f"JobOpen.messages must hold 1 to {limits.max_job_messages} messages")
     for message in messages:
@@ -320,7 +325,7 @@ def _decode_job_open(fields: list[Any], limits: WireLimits) -> JobOpen:
     return JobOpen(
         _uint(job, "JobOpen.job"), _str(model, "JobOpen.model", 200), tuple(messages), options, float(timeout),
         _str(user, "JobOpen.user", 128), _uint(window, "JobOpen.window", limits.max_window) or 1,
-        _str(target, "JobOpen.target", 128),
+        _str(target, "JobOpen.target", 128), signature,
     )
 
 
@@ -362,6 +367,12 @@ _DECODERS = {
     MessageType.JOB_CANCEL: _decode_job_cancel,
     MessageType.JOB_CREDIT: _decode_job_credit,
 }
+
+
+def job_transcript(worker: str, job: JobOpen) -> bytes:
+    """What a coordinator signs to vouch for a job, above all for the user it names: the job as encoded with an
+    empty signature, and the worker it is for (so it cannot be replayed to another)."""
+    return _JOB_DOMAIN + worker.encode() + b"\x00" + encode(replace(job, signature=b""))
 
 
 def auth_transcript(handshake_hash: bytes, signer_is_initiator: bool) -> bytes:

@@ -16,6 +16,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
 from p2pnode.errors import BackendError, GatewayError
+from p2pnode.gateway.guard import Guard, RateLimited
 from p2pnode.net._errors import first_leaf, naming_bind_errors
 
 __all__ = ["GatewayApp", "JSONResponse", "Request", "StreamResponse", "serve_gateway"]
@@ -46,6 +47,7 @@ class Request:
 class JSONResponse:
     body: Any
     status: int = 200
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -62,8 +64,9 @@ Handler = Callable[[Request], Awaitable[JSONResponse | StreamResponse]]
 
 
 class GatewayApp:
-    def __init__(self) -> None:
+    def __init__(self, guard: Guard | None = None) -> None:
         self._routes: list[tuple[str, tuple[str, ...], Handler]] = []
+        self.guard = guard  # None: no authentication and no limits (tests, fakes)
 
     def route(self, method: str, path: str, handler: Handler) -> None:
         """Register ``handler`` for ``method path``; a path segment ``{name}`` matches one segment."""
@@ -89,17 +92,28 @@ class GatewayApp:
             return
         if scope["type"] != "http":
             return
+        admitted = None
         try:
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+            if self.guard is not None:
+                admitted = self.guard.admit(headers, (scope.get("client") or ("?",))[0])
             handler, params = self._match(scope["method"], scope["path"])
             body = await _read_body(receive)
-            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-            request = Request(scope["method"], scope["path"], scope["query_string"].decode("latin-1"), headers, params, body)
+            request = Request(
+                scope["method"], scope["path"], scope["query_string"].decode("latin-1"), headers, params, body,
+                user=admitted.user if admitted else None,
+            )
             response = await handler(request)
             if isinstance(response, StreamResponse):
                 await _stream(response, receive, send)
                 return
         except (GatewayError, BackendError) as exc:
             response = JSONResponse({"error": str(exc)}, exc.status_hint)
+            if isinstance(exc, RateLimited):
+                response = JSONResponse(response.body, 429, headers=(("retry-after", str(exc.retry_after)),))
+        finally:
+            if admitted is not None:
+                admitted.release()
         await _send_json(send, response)
 
 
@@ -166,6 +180,7 @@ async def _read_body(receive: Callable) -> bytes:
 async def _send_json(send: Callable, response: JSONResponse) -> None:
     payload = json.dumps(response.body).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    headers += [(name.encode("latin-1"), value.encode("latin-1")) for name, value in response.headers]
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from p2pnode.backends.base import ChatRequest
 from p2pnode.errors import GatewayError
+from p2pnode.gateway.app import Request
 from p2pnode.gateway.service import Routing
 
 __all__ = ["ParsedChat", "parse_ollama_chat", "parse_ollama_generate", "parse_openai_chat"]
@@ -32,8 +33,8 @@ class ParsedChat:
     distributed: dict[str, Any]  # the "distributed" field, for the coordinator
     use_distributed: bool
 
-    def routing(self, headers: dict[str, str]) -> Routing:
-        return Routing(self.use_distributed, self.distributed, headers.get("x-dcn-strategy"))
+    def routing(self, request: Request) -> Routing:
+        return Routing(self.use_distributed, self.distributed, request.headers.get("x-dcn-strategy"), request.user)
 
 
 def _bad(message: str) -> GatewayError:

@@ -57,7 +57,7 @@ def _final(model: str, content: str, last: ChatChunk, start_ns: int, *, chat: bo
 
 def install(app: GatewayApp, service: Callable[[], ChatService]) -> None:
     def answer(parsed: ParsedChat, request: Request, *, chat: bool) -> Any:
-        routing = parsed.routing(request.headers)
+        routing = parsed.routing(request)
         if not parsed.stream:
             return _whole(service(), parsed.request, routing, chat=chat)
         return StreamResponse("application/x-ndjson", lambda: _ndjson(service(), parsed.request, routing, chat=chat))

@@ -27,7 +27,7 @@ def _usage(last: ChatChunk) -> dict[str, int]:
 def install(app: GatewayApp, service: Callable[[], ChatService]) -> None:
     async def completions(request: Request) -> JSONResponse | StreamResponse:
         parsed = parse_openai_chat(request.json())
-        routing = parsed.routing(request.headers)
+        routing = parsed.routing(request)
         if not parsed.stream:
             return JSONResponse(await _whole(service(), parsed.request, routing))
         return StreamResponse("text/event-stream", lambda: _sse(service(), parsed.request, routing))

@@ -20,6 +20,7 @@ class Routing:
     use_distributed: bool = True
     distributed: dict[str, Any] = field(default_factory=dict)  # the request body's "distributed" object
     header_strategy: str | None = None  # X-DCN-Strategy
+    user: str | None = None  # who asks, when the gateway authenticated them; None: this node's owner
 
 
 class ChatService(Protocol):

@@ -5,8 +5,11 @@ Jobs are multiplexed on the one link per peer. Flow control is per job, by credi
 ``window`` chunks ahead of what the client has consumed, and the client grants more as it reads. So a slow
 consumer holds back only its own job; the link's reader never blocks, and other jobs keep flowing.
 
-A worker admits jobs by its own policy: at most ``max_remote_jobs`` at once from peers, and none while its own
-user's jobs fill the backends; a refused job ends at once with status 429 ("busy") instead of queueing. A client
+A worker admits jobs by its own policy (:class:`JobsConfig`): its owner's jobs always; others' only from the
+allowed peers and users, at most ``peer_rate_per_minute`` per peer, ``max_remote_jobs`` and ``remote_share`` of
+the slots at once, and none while the backends are full. A refused job ends at once with a status (403 not
+allowed, 429 busy or rate limited) instead of queueing. Every job is signed by its coordinator, who vouches for
+the user it names; an unsigned or mis-signed job is refused (403). A client
 that leaves a job early sends a cancel, and the worker closes the backend stream; a link that dies ends every job
 on it, on both sides.
 """
@@ -18,21 +21,24 @@ import logging
 import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import trio
 
 from p2pnode.backends.attached import AttachedServers
 from p2pnode.backends.base import ChatChunk, ChatRequest
 from p2pnode.backends.local import LocalCompute
-from p2pnode.core.identity import short_id
+from p2pnode.config import JobsConfig
+from p2pnode.core.identity import Identity, short_id, verify_signature
+from p2pnode.core.limits import KeyedLimiter
 from p2pnode.core.records import NodeStatus
-from p2pnode.core.wire import JobCancel, JobChunk, JobCredit, JobEnd, JobOpen, Message
+from p2pnode.core.wire import JobCancel, JobChunk, JobCredit, JobEnd, JobOpen, Message, job_transcript
 from p2pnode.errors import (
     BackendError,
     BackendRejected,
     BackendTimeout,
     BackendUnavailable,
+    BadSignature,
     DecodeError,
     PeerError,
     PeerRejected,
@@ -40,31 +46,33 @@ from p2pnode.errors import (
 )
 from p2pnode.net.transport import PeerLink
 
-__all__ = ["Jobs", "JobsConfig"]
+__all__ = ["Jobs"]
 
 log = logging.getLogger(__name__)
 
 BUSY = 429
 
 
-@dataclass(frozen=True)
-class JobsConfig:
-    max_remote_jobs: int = 4  # peers' jobs running here at once
-    window: int = 32  # chunks a worker may send ahead of the client's reading
-    default_timeout: float = 600.0
-
-
 @dataclass
 class _Served:
     scope: trio.CancelScope
     credit: trio.Semaphore
+    others: bool  # another user's job on this node's own compute: counts against remote_share
 
 
 class Jobs:
     def __init__(
-        self, compute: Callable[[], LocalCompute | None], attached: AttachedServers, config: JobsConfig, *, owner: str
+        self,
+        compute: Callable[[], LocalCompute | None],
+        attached: AttachedServers,
+        config: JobsConfig,
+        *,
+        identity: Identity,
+        owner: str,
     ) -> None:
         self._compute = compute
+        self._identity = identity
+        self._rates = KeyedLimiter(config.peer_rate_per_minute / 60, config.peer_burst, max_keys=4096)
         self._attached = attached
         self.config = config
         self.owner = owner  # the user this node serves first
@@ -76,6 +84,9 @@ class Jobs:
     @property
     def remote_jobs(self) -> int:
         return len(self._served)
+
+    def _others_running(self) -> int:
+        return sum(served.others for served in self._served.values())
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Hold the nursery that peers' jobs run in, until cancelled."""
@@ -123,22 +134,38 @@ class Jobs:
 
     def _admit(self, link: PeerLink, job: JobOpen) -> None:
         compute = self._compute()
+        cfg = self.config
+        others = job.user != self.owner
         refusal = None
-        if job.target:
+        if not _vouched(link.peer_id, self._identity.peer_id, job):
+            log.warning("job %d from %s carries no valid signature: refused", job.job, short_id(link.peer_id))
+            refusal = (403, "the job is not signed by the node that sent it")
+        elif cfg.allowed_peers and link.peer_id not in cfg.allowed_peers:
+            refusal = (403, "this node runs jobs only for the peers its owner chose")
+        elif others and cfg.allowed_users and job.user not in cfg.allowed_users:
+            refusal = (403, f"this node does not run jobs for user {job.user!r}")
+        elif wait := self._rates.take(link.peer_id, trio.current_time()):
+            refusal = (BUSY, f"rate limited: too many jobs from your node, retry in {wait:.1f} s")
+        elif job.target:
             attached = self._attached.get(job.target)
             if attached is None or job.model not in attached.models or attached.status is not NodeStatus.ONLINE:
                 refusal = (404, f"attached server {job.target!r} does not serve {job.model!r} now")
         elif compute is None or not compute.serves(job.model):
             refusal = (404, f"model {job.model!r} is not served by this node")
-        elif job.user != self.owner and (
-            self.remote_jobs >= self.config.max_remote_jobs or compute.tracker.active >= compute.tracker.capacity
+        elif others and (
+            self._others_running() >= min(cfg.max_remote_jobs, math.ceil(cfg.remote_share * compute.tracker.capacity))
+            or compute.tracker.active >= compute.tracker.capacity
         ):
             refusal = (BUSY, "busy: this node's capacity is taken")
         if refusal is not None or self._nursery is None:
             status, reason = refusal or (BackendUnavailable.status_hint, "not accepting jobs")
             link.send_nowait(JobEnd(job.job, "", 0, 0, status, reason))
             return
-        served = _Served(trio.CancelScope(deadline=trio.current_time() + job.timeout), trio.Semaphore(job.window, max_value=job.window))
+        served = _Served(
+            trio.CancelScope(deadline=trio.current_time() + job.timeout),
+            trio.Semaphore(job.window, max_value=job.window),
+            others=others and not job.target,
+        )
         self._served[(id(link), job.job)] = served
         self._nursery.start_soon(self._serve, link, job, served)
 
@@ -188,10 +215,12 @@ class Jobs:
         finished = False
         try:
             timeout = request.timeout or self.config.default_timeout
-            await link.send_ordered(JobOpen(
+            job = JobOpen(
                 number, request.model, tuple(dict(m) for m in request.messages), dict(request.options), timeout,
                 user, window, target,
-            ))
+            )
+            signature = self._identity.sign(job_transcript(link.peer_id, job))
+            await link.send_ordered(replace(job, signature=signature))
 
             async def chunks() -> AsyncIterator[ChatChunk]:
                 nonlocal finished
@@ -225,10 +254,19 @@ class Jobs:
                         pass
 
 
+def _vouched(coordinator: str, worker: str, job: JobOpen) -> bool:
+    """The link is authenticated; the signature makes the coordinator answer for the user it names."""
+    try:
+        verify_signature(coordinator, job.signature, job_transcript(worker, job))
+    except BadSignature:
+        return False
+    return True
+
+
 def _remote_error(link: PeerLink, end: JobEnd) -> Exception:
     where = f"peer {short_id(link.peer_id)}"
-    if end.status == BUSY:
-        return PeerRejected(f"{where} is busy: {end.error}", code=BUSY, reason=end.error)
+    if end.status in (BUSY, 403):
+        return PeerRejected(f"{where} refused the job: {end.error}", code=end.status, reason=end.error)
     if end.status in (400, 404):
         return BackendRejected(f"{where}: {end.error}", status_hint=end.status)
     if end.status == BackendTimeout.status_hint:

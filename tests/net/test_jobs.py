@@ -10,10 +10,11 @@ from p2pnode.backends.base import BackendConfig, ChatRequest
 from p2pnode.backends.local import ComputeConfig, LocalCompute
 from p2pnode.backends.ollama import OllamaBackend
 from p2pnode.backends.resources import Resources
-from p2pnode.config import AttachedConfig
+from p2pnode.config import AttachedConfig, JobsConfig
+from p2pnode.core.identity import Identity
 from p2pnode.errors import BackendRejected, PeerRejected, PeerUnreachable
 from p2pnode.gateway.app import serve_gateway
-from p2pnode.net.jobs import Jobs, JobsConfig
+from p2pnode.net.jobs import Jobs
 from p2pnode.testing.fake_ollama import FakeModel, FakeOllama
 from tests.net.helpers import Network, wait_all
 
@@ -28,13 +29,16 @@ async def start_pair(nursery, *, worker_jobs: JobsConfig = JobsConfig(), paralle
     url = await nursery.start(serve_gateway, fake, "127.0.0.1", 0)
     compute = LocalCompute([OllamaBackend(url, BackendConfig(parallel=parallel))], Resources(2, 1, 0, 0, "none"), ComputeConfig())
     await compute.refresh()
-    worker_jobs_service = Jobs(lambda: compute, no_attached(), worker_jobs, owner="worker-owner")
-    coordinator_jobs = Jobs(lambda: None, no_attached(), JobsConfig(window=4), owner="alice")
+    worker_id, coordinator_id = Identity.generate(), Identity.generate()
+    worker_jobs_service = Jobs(lambda: compute, no_attached(), worker_jobs, identity=worker_id, owner="worker-owner")
+    coordinator_jobs = Jobs(lambda: None, no_attached(), JobsConfig(window=4), identity=coordinator_id, owner="alice")
     await nursery.start(worker_jobs_service.run)
     await nursery.start(coordinator_jobs.run)
     net = Network(nursery)
-    worker = await net.start("worker", extensions=[worker_jobs_service])
-    coordinator = await net.start("coordinator", seeds=(worker.url,), extensions=[coordinator_jobs])
+    worker = await net.start("worker", identity=worker_id, extensions=[worker_jobs_service])
+    coordinator = await net.start(
+        "coordinator", identity=coordinator_id, seeds=(worker.url,), extensions=[coordinator_jobs]
+    )
     await wait_all([worker, coordinator], lambda n: len(n.overlay.linked_peers) == 1)
     link = coordinator.overlay.link_to(worker.peer_id)
     return fake, worker_jobs_service, coordinator_jobs, link, worker
@@ -114,3 +118,51 @@ async def test_a_worker_that_dies_mid_job_fails_the_stream(nursery):
             worker.kill()
             async for _ in stream:
                 pass
+
+
+async def refused(jobs, link, user: str = "alice") -> PeerRejected:
+    with pytest.raises(PeerRejected) as caught:
+        async with jobs.open_remote_chat(link, ask(), user=user) as stream:
+            async for _ in stream:
+                pass
+    return caught.value
+
+
+async def test_a_worker_runs_jobs_only_for_the_peers_and_users_its_owner_allows(nursery):
+    fake, served, jobs, link, _ = await start_pair(nursery, worker_jobs=JobsConfig(allowed_peers=("12D3KooWother",)))
+    assert (await refused(jobs, link)).code == 403
+    fake, served, jobs, link, _ = await start_pair(nursery, worker_jobs=JobsConfig(allowed_users=("bob",)))
+    assert (await refused(jobs, link, user="alice")).code == 403
+    for user in ("bob", "worker-owner"):  # an allowed user, and the owner, who is always allowed
+        async with jobs.open_remote_chat(link, ask(), user=user) as stream:
+            assert "".join([c.content async for c in stream]) == ANSWER
+
+
+async def test_a_peer_over_its_job_rate_is_told_to_slow_down(nursery):
+    fake, served, jobs, link, _ = await start_pair(nursery, worker_jobs=JobsConfig(peer_rate_per_minute=0.001, peer_burst=2))
+    for _ in range(2):
+        async with jobs.open_remote_chat(link, ask(), user="alice") as stream:
+            assert "".join([c.content async for c in stream]) == ANSWER
+    rejection = await refused(jobs, link)
+    assert rejection.code == 429 and "rate limited" in str(rejection)
+
+
+async def test_others_get_only_the_share_of_slots_the_owner_grants(nursery):
+    # 4 backend slots, half for others: the third concurrent job of another user is refused, the owner's is not.
+    fake, served, jobs, link, _ = await start_pair(nursery, worker_jobs=JobsConfig(remote_share=0.5), parallel=4)
+    fake.faults.latency = 0.05
+    async with jobs.open_remote_chat(link, ask(), user="alice") as one, \
+            jobs.open_remote_chat(link, ask(), user="alice") as two:
+        await one.__anext__()
+        await two.__anext__()
+        assert (await refused(jobs, link)).code == 429
+        async with jobs.open_remote_chat(link, ask(), user="worker-owner") as owners:
+            assert "".join([c.content async for c in owners]) == ANSWER
+
+
+async def test_a_job_its_coordinator_did_not_sign_is_refused(nursery):
+    fake, served, jobs, link, worker = await start_pair(nursery)
+    jobs._identity = Identity.generate()  # signs with a key that is not the link's peer
+    rejection = await refused(jobs, link, user="worker-owner")
+    assert rejection.code == 403 and "not signed" in str(rejection)
+    assert not [path for path, _ in fake.requests if path == "/api/chat"]
