@@ -339,3 +339,12 @@ def test_the_api_key_is_the_last_word_of_stdout_of_the_real_command(tmp_path):
     from p2pnode.users import UserKeys
 
     assert UserKeys.load(tmp_path).authenticate(result.stdout.split()[-1]) == "ann"
+
+
+@pytest.mark.slow
+def test_a_gateway_beyond_loopback_without_api_keys_exits_2_and_says_what_to_do(tmp_path):
+    command = [sys.executable, "-m", "p2pnode", "run", "--data-dir", str(tmp_path), "--no-mdns", "--backend", "none",
+               "--listen", "127.0.0.1:0", "--http", "0.0.0.0:0"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2
+    assert "no API keys" in result.stderr and "dcn-node keys add-user NAME" in result.stderr
