@@ -36,6 +36,13 @@ class GossipConfig:
     min_refresh_interval: float = 1.0  # at most one re-issue this often when load or models change
     record_lifetime: float = 120.0  # seconds a record stays valid after issue
     max_message_items_bytes: int = 256 * 1024  # payload bytes per gossip or sync message
+    # New statements (records, notices) checked per peer: each costs a signature check. The burst lets a
+    # joiner take in a large network's state at once; beyond the rate the rest is dropped (push-pull repairs).
+    statements_per_s: float = 500.0
+    statements_burst: int = 4096
+    # Peers one link may introduce (records of ids we do not know): one flooder cannot fill the table.
+    new_peers_per_minute: float = 60.0
+    new_peers_burst: int = 1024
 
 
 @dataclass(frozen=True)

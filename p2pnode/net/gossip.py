@@ -28,6 +28,7 @@ import trio
 from p2pnode.config import OverlayConfig
 from p2pnode.core.broadcast import BroadcastQueue
 from p2pnode.core.identity import Identity, short_id
+from p2pnode.core.limits import KeyedLimiter
 from p2pnode.core.membership import Membership
 from p2pnode.core.records import (
     NodeRecord,
@@ -47,6 +48,10 @@ __all__ = ["Gossip"]
 log = logging.getLogger(__name__)
 
 SEEN_LIMIT = 16384  # envelope digests remembered (16 bytes each)
+
+
+class Overrun(Exception):
+    """A peer sent more new statements than we check per second: refused and counted like garbage."""
 
 
 class Gossip:
@@ -72,6 +77,9 @@ class Gossip:
         self.membership = Membership(seal_record(identity, self._make_record(next_seq(0, wall_clock()))), config.membership)
         self.queue = BroadcastQueue(multiplier=config.gossip.retransmit_mult)
         self.rejected: dict[str, int] = {}  # peer id -> statements refused from it
+        gossip = config.gossip
+        self._intake = KeyedLimiter(gossip.statements_per_s, gossip.statements_burst, max_keys=4096)
+        self._introductions = KeyedLimiter(gossip.new_peers_per_minute / 60, gossip.new_peers_burst, max_keys=4096)
         # Digests of envelopes already handled: gossip delivers each several times, byte for byte, and a
         # signature check costs far more than a hash. Bounded; the oldest are forgotten first.
         self._seen: OrderedDict[bytes, None] = OrderedDict()
@@ -117,9 +125,16 @@ class Gossip:
             digest = hashlib.blake2b(envelope, digest_size=16).digest()
             if digest in self._seen:
                 continue
+            if self._intake.take(source, mono):
+                self.note_garbage(source, Overrun("over the rate of new statements we check: the rest is dropped"))
+                return
             try:
                 statement = open_envelope(envelope, now=wall, limits=self.config.records)
                 if isinstance(statement, SignedRecord):
+                    newcomer = statement.record.peer_id
+                    if self.membership.get(newcomer) is None and newcomer != self.identity.peer_id:
+                        if self._introductions.take(source, mono):
+                            raise Overrun(f"introduces new peers faster than {self.config.gossip.new_peers_per_minute:g}/min")
                     # Records only: a notice may arrive before its target's record, and must count then.
                     self._remember(digest)
                     outcome = self.membership.apply_record(statement, mono)
@@ -130,7 +145,7 @@ class Gossip:
                     subject, supersedes = ("notice", statement.notice.target), ()
             except StaleRecord:
                 continue  # duplicates are the normal cost of gossip
-            except RemoteProtocolError as exc:
+            except (RemoteProtocolError, Overrun) as exc:
                 self.note_garbage(source, exc)
                 continue
             if outcome.refute and not self.leaving:

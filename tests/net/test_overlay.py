@@ -160,6 +160,35 @@ async def test_hostile_statements_are_refused_and_the_node_keeps_serving(nursery
     await wait_all([honest, newcomer], lambda n: len(n.overlay.membership.alive()) >= 1)
 
 
+async def test_a_flood_of_new_peer_ids_from_one_link_is_cut_off_and_others_still_join(nursery):
+    import dataclasses
+    import time
+
+    from tests.net.helpers import FAST_GOSSIP
+
+    net = Network(nursery)
+    gossip = dataclasses.replace(FAST_GOSSIP, new_peers_per_minute=1.0, new_peers_burst=50)
+    honest = await net.start("honest", gossip=gossip)
+    attacker = Identity.generate()
+    now = time.time()
+    fakes = [Identity.generate() for _ in range(300)]
+    flood = [seal_record(f, _record(f, seq=next_seq(0, now), issued_at=now, name="fake")).envelope for f in fakes]
+    config = HandshakeConfig(attacker, OPEN_NETWORK_KEY, 5.0, WireLimits())
+    attacker_record = seal_record(attacker, _record(attacker, seq=next_seq(0, now), issued_at=now, name="attacker"))
+    async with dial(honest.url, config, attacker_record, wall_now=time.time, outbox=16) as link:
+        for start in range(0, len(flood), 100):
+            await link.send(Rumors(tuple(flood[start : start + 100])))
+        with trio.fail_after(10):
+            await honest.overlay.wait_until(lambda: honest.overlay.statistics().rejected_statements >= 240)
+    fake_ids = {f.peer_id for f in fakes}
+    admitted = [m for m in honest.overlay.membership if m.peer_id in fake_ids]
+    assert 49 <= len(admitted) <= 52  # the burst (less the attacker's own record), and what refilled meanwhile
+    # Another peer still joins, and introduces the peers it knows.
+    newcomer = await net.start("newcomer", seeds=(honest.url,))
+    await wait_all([honest, newcomer], lambda n: any(m.signed.record.name in ("honest", "newcomer")
+                                                     for m in n.overlay.membership.alive()))
+
+
 async def test_a_notice_about_us_is_refuted_not_forwarded(nursery):
     net = Network(nursery)
     a = await net.start("a")
