@@ -154,3 +154,18 @@ async def test_attached_servers_belong_to_the_user_who_registered_them(nursery, 
             assert taken.status_code == 403, (method, path)
         assert (await http.post("/api/distributed/status/laptop", json={}, headers=bearer(ann))).status_code == 200
         assert (await http.delete("/api/distributed/nodes/laptop", headers=bearer(ann))).status_code == 200
+
+
+async def test_prompts_and_answers_are_never_logged_even_at_debug_level(nursery, tmp_path, fake, caplog):
+    caplog.set_level("DEBUG")
+    url = await start(nursery, tmp_path, fake)
+    secret = "my-diary-entry-for-today"
+    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+        for strategy in ("route", "best"):
+            answer = await http.post("/api/chat", json={
+                "model": MODEL, "messages": [{"role": "user", "content": secret}], "stream": False,
+                "distributed": {"strategy": strategy},
+            })
+            assert answer.status_code == 200
+    assert caplog.records  # the node did log (requests, jobs) ...
+    assert secret not in caplog.text and ANSWER not in caplog.text  # ... but not what was said
