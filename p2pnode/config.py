@@ -94,12 +94,12 @@ class JobsConfig:
 
 @dataclass(frozen=True)
 class GatewayConfig:
-    """Limits of the HTTP gateway, per user (per client address when there are no API keys)."""
+    """Limits of the HTTP gateway, per API-key user (the owner's own unauthenticated loopback use is not limited)."""
 
     rate_per_minute: float = 600.0  # requests; 0: unlimited
     burst: int = 60  # requests at once after a quiet spell
-    max_concurrent: int = 32  # requests (streams included) running at once; 0: unlimited
-    max_clients: int = 10_000  # users or addresses tracked; more new ones at once are refused, not remembered
+    max_concurrent: int = 64  # requests (streams included) running at once; 0: unlimited
+    max_clients: int = 10_000  # users tracked; more new ones at once are refused, not remembered
     reload_interval: float = 2.0  # seconds between checks of users.json
 
 

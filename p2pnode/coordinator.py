@@ -167,7 +167,8 @@ class Coordinator:
     @asynccontextmanager
     async def _open(self, request: ChatRequest, options: DistributedOptions, user: str | None) -> AsyncIterator[AsyncIterator[ChatChunk]]:
         timeout = options.timeout or request.timeout or self.config.default_timeout
-        request = replace(request, timeout=timeout)
+        # Only route may take a whole answer in one piece: the others race on, or time, the first tokens.
+        request = replace(request, timeout=timeout, stream=request.stream or options.strategy != "route")
         plan = self._plan(request, options)
         state = _Request(next(self._ids), options.strategy, request.model, user)
         self._running[state.id] = state

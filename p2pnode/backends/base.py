@@ -43,6 +43,7 @@ __all__ = [
 ]
 
 MAX_LINE_BYTES = 1024 * 1024  # one NDJSON line or SSE event; a server sending more is broken
+KEEPALIVE_EXPIRY = 4.0  # seconds an idle pooled connection is kept
 MAX_ERROR_BODY = 64 * 1024
 
 
@@ -71,6 +72,9 @@ class ChatRequest:
     options: Mapping[str, Any] = field(default_factory=dict)  # Ollama option names
     timeout: float | None = None  # seconds for the whole call
     keep_alive: str | int | None = None
+    # False: the caller wants only the whole answer, so the backend may send it in one piece (one JSON reply
+    # instead of a stream of events: cheaper, and servers such as llama.cpp keep the connection open after it)
+    stream: bool = True
 
 
 @dataclass(frozen=True)
@@ -114,7 +118,10 @@ class Backend(abc.ABC):
         self.url = url.rstrip("/")
         self.config = config
         timeout = httpx.Timeout(connect=config.connect_timeout, read=config.read_timeout, write=30.0, pool=30.0)
-        self._client = client or httpx.AsyncClient(base_url=self.url, timeout=timeout)
+        # Idle connections are dropped before servers drop them (llama.cpp after 5 s, httpx's own default), so a
+        # request rarely meets a connection the server is closing at that very moment.
+        limits = httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY)
+        self._client = client or httpx.AsyncClient(base_url=self.url, timeout=timeout, limits=limits)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url})"
@@ -182,10 +189,25 @@ class Backend(abc.ABC):
     async def _open_lines(self, path: str, body: dict[str, Any], deadline: float) -> AsyncIterator[AsyncIterator[str]]:
         """POST ``body`` and yield the response's lines; the whole exchange ends by ``deadline``."""
         with translate_http_errors(self), trio.fail_at(deadline):
-            async with self._client.stream("POST", path, json=body) as response:
+            async with _retrying_stream(self._client, path, body) as response:
                 await _raise_for_status(response, self)
                 async with aclosing(_bounded_lines(response, self)) as lines:
                     yield lines
+
+
+@asynccontextmanager
+async def _retrying_stream(client: httpx.AsyncClient, path: str, body: dict[str, Any]) -> AsyncIterator[httpx.Response]:
+    """POST and open the response, once more if a pooled connection turned out closed before any reply byte:
+    the server never saw that request, so sending it again cannot run it twice."""
+    request = client.build_request("POST", path, json=body)
+    try:
+        response = await client.send(request, stream=True)
+    except httpx.RemoteProtocolError:
+        response = await client.send(request, stream=True)
+    try:
+        yield response
+    finally:
+        await response.aclose()
 
 
 async def _bounded_lines(response: httpx.Response, backend: Backend) -> AsyncIterator[str]:

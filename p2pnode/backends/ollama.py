@@ -105,7 +105,7 @@ class OllamaBackend(Backend):
         body: dict[str, Any] = {
             "model": request.model,
             "messages": [dict(m) for m in request.messages],
-            "stream": True,
+            "stream": request.stream,  # not streamed: one object, which _chunks reads as the final line
             "options": options,
         }
         if request.keep_alive is not None:

@@ -61,12 +61,12 @@ class OpenAIBackend(Backend):
         body: dict[str, Any] = {
             "model": request.model,
             "messages": [dict(m) for m in request.messages],
-            "stream": True,
-            "stream_options": {"include_usage": True},
+            "stream": request.stream,
+            **({"stream_options": {"include_usage": True}} if request.stream else {}),
             **openai_parameters(dict(request.options)),
         }
         async with self._open_lines("/v1/chat/completions", body, self._deadline(request)) as lines:
-            yield self._chunks(lines)
+            yield self._chunks(lines) if request.stream else self._whole(lines)
 
     @asynccontextmanager
     async def open_generate(self, request: GenerateRequest) -> AsyncIterator[AsyncIterator[ChatChunk]]:
@@ -77,6 +77,25 @@ class OpenAIBackend(Backend):
         }
         async with self._open_lines("/v1/completions", body, self._deadline(request)) as lines:
             yield self._chunks(lines)
+
+    async def _whole(self, lines: AsyncIterator[str]) -> AsyncIterator[ChatChunk]:
+        """A non-streamed chat completion: its content, then the final chunk."""
+        reply = _parse_json("\n".join([line async for line in lines]), self, "/v1/chat/completions")
+        ensure(isinstance(reply, dict) and isinstance(reply.get("choices"), list) and reply["choices"], self,
+               "/v1/chat/completions reply without choices")
+        choice = reply["choices"][0]
+        message = choice.get("message") if isinstance(choice, dict) else None
+        ensure(isinstance(message, dict) and isinstance(message.get("content") or "", str), self,
+               "/v1/chat/completions reply without a message")
+        usage = reply.get("usage") if isinstance(reply.get("usage"), dict) else {}
+        if message.get("content"):
+            yield ChatChunk(content=message["content"])
+        yield ChatChunk(
+            done=True,
+            done_reason="length" if choice.get("finish_reason") == "length" else "stop",
+            prompt_tokens=_int(usage.get("prompt_tokens")),
+            completion_tokens=_int(usage.get("completion_tokens")),
+        )
 
     async def _chunks(self, lines: AsyncIterator[str]) -> AsyncIterator[ChatChunk]:
         """Chat deltas (``delta.content``) and completion pieces (``text``) alike."""

@@ -145,6 +145,7 @@ class JobOpen(_Message):
     user: str  # who asked (the coordinator vouches for it)
     window: int
     target: str = ""  # an attached server of the worker's (its node_id), or "" for the worker's own compute
+    stream: bool = True  # False: the coordinator wants the whole answer, which may come as one chunk
     signature: bytes = b""  # the coordinator's, over job_transcript(worker id, this job with an empty signature)
 
 
@@ -302,8 +303,10 @@ _OPTION_VALUE = (int, float, str, bool)
 
 
 def _decode_job_open(fields: list[Any], limits: WireLimits) -> JobOpen:
-    _arity(fields, 9, "JobOpen")
-    job, model, messages, options, timeout, user, window, target, signature = fields
+    _arity(fields, 10, "JobOpen")
+    job, model, messages, options, timeout, user, window, target, stream, signature = fields
+    if not isinstance(stream, bool):
+        raise DecodeError("JobOpen.stream must be true or false")
     if not isinstance(signature, bytes) or len(signature) != 64:
         raise DecodeError("JobOpen.signature must be 64 bytes")
     if not isinstance(messages, list) or not 0 < len(messages) <= limits.max_job_messages:
@@ -325,7 +328,7 @@ def _decode_job_open(fields: list[Any], limits: WireLimits) -> JobOpen:
     return JobOpen(
         _uint(job, "JobOpen.job"), _str(model, "JobOpen.model", 200), tuple(messages), options, float(timeout),
         _str(user, "JobOpen.user", 128), _uint(window, "JobOpen.window", limits.max_window) or 1,
-        _str(target, "JobOpen.target", 128), signature,
+        _str(target, "JobOpen.target", 128), stream, signature,
     )
 
 

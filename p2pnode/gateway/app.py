@@ -96,7 +96,7 @@ class GatewayApp:
         try:
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
             if self.guard is not None:
-                admitted = self.guard.admit(headers, (scope.get("client") or ("?",))[0])
+                admitted = self.guard.admit(headers)
             handler, params = self._match(scope["method"], scope["path"])
             body = await _read_body(receive)
             request = Request(

@@ -124,11 +124,12 @@ def parse_ollama_chat(raw: Any) -> ParsedChat:
     keep_alive = body.get("keep_alive")
     if keep_alive is not None and (isinstance(keep_alive, bool) or not isinstance(keep_alive, (str, int))):
         raise _bad("keep_alive must be a duration string or a number of seconds")
+    stream = _flag(body, "stream", True)
     request = ChatRequest(
         model=_model(body), messages=_messages(body.get("messages")), options=_options(body.get("options")),
-        keep_alive=keep_alive,
+        keep_alive=keep_alive, stream=stream,
     )
-    return ParsedChat(request, _flag(body, "stream", True), distributed, use)
+    return ParsedChat(request, stream, distributed, use)
 
 
 def parse_ollama_generate(raw: Any) -> ParsedChat:
@@ -159,5 +160,8 @@ def parse_openai_chat(raw: Any) -> ParsedChat:
     for key in ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty", "stop"):
         if body.get(key) is not None:
             options[key] = body[key]
-    request = ChatRequest(model=_model(body), messages=_messages(body.get("messages")), options=_options(options))
-    return ParsedChat(request, _flag(body, "stream", False), distributed, use)
+    stream = _flag(body, "stream", False)
+    request = ChatRequest(
+        model=_model(body), messages=_messages(body.get("messages")), options=_options(options), stream=stream
+    )
+    return ParsedChat(request, stream, distributed, use)

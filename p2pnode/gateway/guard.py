@@ -2,9 +2,9 @@
 
 Keys are required whenever any exist (``dcn-node keys add-user NAME``); a gateway that listens beyond loopback
 refuses to start without them (:func:`check_exposure`). Without keys every request comes from one local user,
-named ``None`` (the node's owner, trusted because only this machine can reach the gateway). Limits apply per
-user, or per client address when there are no keys. ``users.json`` is re-read when it changes, so a removed
-user's key stops working within ``reload_interval``.
+named ``None``: the node's owner, trusted because only this machine can reach the gateway, and not limited (a
+batch script of one's own should not meet a 429). Limits apply per user. ``users.json`` is re-read when it
+changes, so a removed user's key stops working within ``reload_interval``.
 """
 
 from __future__ import annotations
@@ -48,15 +48,15 @@ def check_exposure(http_host: str, keys: users.UserKeys) -> None:
 class Pass:
     """One admitted request: who sent it. Release it when the request is over (its stream included)."""
 
-    def __init__(self, guard: Guard, user: str | None, key: str) -> None:
+    def __init__(self, guard: Guard, user: str | None) -> None:
         self.user = user
-        self._guard, self._key = guard, key
-        self._released = False
+        self._guard = guard
+        self._released = user is None  # the unauthenticated owner holds no slot
 
     def release(self) -> None:
         if not self._released:
             self._released = True
-            self._guard._streams.release(self._key)
+            self._guard._streams.release(self.user)
 
 
 class Guard:
@@ -77,16 +77,17 @@ class Guard:
         self._rates = KeyedLimiter(config.rate_per_minute / 60 or None, config.burst, max_keys=config.max_clients)
         self._streams = ConcurrencyLimit(config.max_concurrent or None)
 
-    def admit(self, headers: dict[str, str], client: str) -> Pass:
+    def admit(self, headers: dict[str, str]) -> Pass:
         """Authenticate and count a request: 401 without a valid key (when keys exist), 429 over a limit."""
         user = self._authenticate(headers)
-        key = f"user:{user}" if user is not None else f"client:{client}"
-        wait = self._rates.take(key, self._clock())
+        if user is None:
+            return Pass(self, None)
+        wait = self._rates.take(user, self._clock())
         if wait:
             raise RateLimited(f"rate limit of {self.config.rate_per_minute:g} requests per minute reached", wait)
-        if not self._streams.try_acquire(key):
+        if not self._streams.try_acquire(user):
             raise RateLimited(f"{self.config.max_concurrent} requests already running for you: wait for one", 1.0)
-        return Pass(self, user, key)
+        return Pass(self, user)
 
     def _authenticate(self, headers: dict[str, str]) -> str | None:
         if not self.keys:

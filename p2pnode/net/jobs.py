@@ -170,7 +170,9 @@ class Jobs:
         self._nursery.start_soon(self._serve, link, job, served)
 
     async def _serve(self, link: PeerLink, job: JobOpen, served: _Served) -> None:
-        request = ChatRequest(model=job.model, messages=job.messages, options=job.options, timeout=job.timeout)
+        request = ChatRequest(
+            model=job.model, messages=job.messages, options=job.options, timeout=job.timeout, stream=job.stream
+        )
         end = JobEnd(job.job, "", 0, 0, 499, "cancelled")
         try:
             with served.scope:
@@ -217,7 +219,7 @@ class Jobs:
             timeout = request.timeout or self.config.default_timeout
             job = JobOpen(
                 number, request.model, tuple(dict(m) for m in request.messages), dict(request.options), timeout,
-                user, window, target,
+                user, window, target, request.stream,
             )
             signature = self._identity.sign(job_transcript(link.peer_id, job))
             await link.send_ordered(replace(job, signature=signature))

@@ -57,9 +57,9 @@ MESSAGES = [
     pytest.param(make_auth(record=b"\x94envelope"), id="auth"),
     pytest.param(make_auth(PEER_B, version=65535, signature=bytes(64), record=b""), id="auth-edges"),
     pytest.param(
-        JobOpen(1, "m:1b", (USER_MESSAGE,), {"temperature": 0.5, "stop": ["x"]}, 30.0, "ann", 32, "", SIG), id="job-open"
+        JobOpen(1, "m:1b", (USER_MESSAGE,), {"temperature": 0.5, "stop": ["x"]}, 30.0, "ann", 32, "", True, SIG), id="job-open"
     ),
-    pytest.param(JobOpen(2**32 - 1, "m", (USER_MESSAGE,) * 3, {}, 3600.0, "", 1, "laptop", SIG), id="job-open-attached"),
+    pytest.param(JobOpen(2**32 - 1, "m", (USER_MESSAGE,) * 3, {}, 3600.0, "", 1, "laptop", False, SIG), id="job-open-attached"),
     pytest.param(JobChunk(7, "token"), id="job-chunk"),
     pytest.param(JobEnd(7, "stop", 3, 12, 0, ""), id="job-end"),
     pytest.param(JobEnd(7, "", 0, 0, 429, "busy"), id="job-end-busy"),
@@ -282,7 +282,7 @@ def test_unknown_type_is_refused(kind):
 
 VALID_FIELDS = {
     AUTH: [2, PEER_A, b"\x02" * 64, b"record"],
-    JOB_OPEN: [1, "m", [USER_MESSAGE], {}, 30.0, "ann", 8, "", SIG],
+    JOB_OPEN: [1, "m", [USER_MESSAGE], {}, 30.0, "ann", 8, "", True, SIG],
     JOB_CHUNK: [1, "text"],
     JOB_END: [1, "stop", 1, 2, 0, ""],
     JOB_CANCEL: [1],
@@ -322,7 +322,8 @@ BAD_FIELDS = [
     (JOB_OPEN, 3, []), (JOB_OPEN, 3, {f"o{i}": 1 for i in range(65)}), (JOB_OPEN, 3, {"o": {"nested": 1}}),
     (JOB_OPEN, 3, {"o": [[1]]}), (JOB_OPEN, 3, {"o": None}), (JOB_OPEN, 4, 0), (JOB_OPEN, 4, 3601), (JOB_OPEN, 4, True),
     (JOB_OPEN, 4, float("nan")), (JOB_OPEN, 5, "u" * 129), (JOB_OPEN, 6, 4097), (JOB_OPEN, 7, "t" * 129),
-    (JOB_OPEN, 7, None), (JOB_OPEN, 8, b""), (JOB_OPEN, 8, "s" * 64), (JOB_OPEN, 8, b"s" * 65),
+    (JOB_OPEN, 7, None), (JOB_OPEN, 8, 1), (JOB_OPEN, 8, None), (JOB_OPEN, 9, b""), (JOB_OPEN, 9, "s" * 64),
+    (JOB_OPEN, 9, b"s" * 65),
     # JobChunk, JobEnd, JobCancel, JobCredit
     (JOB_CHUNK, 0, -1), (JOB_CHUNK, 1, b"bytes"), (JOB_CHUNK, 1, "x" * (16 * 1024 + 1)),
     (JOB_END, 1, "r" * 33), (JOB_END, 4, 1000), (JOB_END, 5, "e" * 1025), (JOB_END, 2, -1),
@@ -358,11 +359,11 @@ def test_transcript_exact_bytes():
 
 
 def test_a_job_is_vouched_for_one_worker_and_exactly_its_fields():
-    job = JobOpen(1, "m", (USER_MESSAGE,), {}, 30.0, "ann", 8, "", SIG)
+    job = JobOpen(1, "m", (USER_MESSAGE,), {}, 30.0, "ann", 8, "", True, SIG)
     base = job_transcript(PEER_A, job)
-    assert base == job_transcript(PEER_A, JobOpen(1, "m", (USER_MESSAGE,), {}, 30.0, "ann", 8, "", b"other"))
+    assert base == job_transcript(PEER_A, replace(job, signature=b"other"))
     assert job_transcript(PEER_B, job) != base
-    for changed in ({"user": "bob"}, {"model": "n"}, {"target": "laptop"}, {"job": 2}, {"timeout": 31.0}):
+    for changed in ({"user": "bob"}, {"model": "n"}, {"target": "laptop"}, {"job": 2}, {"timeout": 31.0}, {"stream": False}):
         assert job_transcript(PEER_A, replace(job, **changed)) != base
 
 
