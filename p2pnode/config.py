@@ -84,8 +84,8 @@ class JobsConfig:
 
     max_remote_jobs: int = 4  # peers' jobs running here at once
     remote_share: float = 1.0  # at most this share of the backends' slots for other users' jobs
-    peer_rate_per_minute: float = 600.0  # jobs one peer may start
-    peer_burst: int = 30
+    peer_rate_per_minute: float = 12_000.0  # jobs one peer may start (concurrency caps do the real limiting)
+    peer_burst: int = 400
     allowed_peers: tuple[str, ...] = ()  # peer ids that may run jobs here; empty: every peer of the network
     allowed_users: tuple[str, ...] = ()  # users whose jobs run here (the owner always); empty: everybody
     window: int = 32  # chunks a worker may send ahead of the client's reading

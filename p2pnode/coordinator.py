@@ -36,7 +36,7 @@ from p2pnode.backends.base import ChatChunk, ChatRequest, ModelInfo
 from p2pnode.core import combine
 from p2pnode.core.identity import short_id
 from p2pnode.core.scheduler import NodeView, Scheduler
-from p2pnode.errors import BackendError, GatewayError, PeerError
+from p2pnode.errors import BackendError, BackendRejected, GatewayError, PeerError
 from p2pnode.gateway.service import Routing
 from p2pnode.net._errors import first_leaf
 from p2pnode.workers import Workers
@@ -92,6 +92,7 @@ class _Attempt:
     content: str = ""
     score: float | None = None
     winner: bool = False
+    error: Exception | None = None
 
     def report(self) -> dict[str, Any]:
         return {
@@ -119,6 +120,14 @@ class _Request:
             "request_id": self.id, "strategy": self.strategy, "candidates": [a.report() for a in self.attempts],
             "winner": winner,
         }
+
+    def client_fault(self) -> BackendRejected | None:
+        """When every node refused the request itself (a prompt beyond every context: 400; a model the node
+        listed but its server no longer has: 404), pass that on rather than blame the network (503)."""
+        errors = [a.error for a in self.attempts if a.outcome == "error"]
+        if errors and all(isinstance(e, BackendRejected) and e.status_hint in (400, 404) for e in errors):
+            return errors[-1]
+        return None
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -197,9 +206,11 @@ class Coordinator:
             fanout = min(options.fanout or default_fanout or self.config.max_fanout, self.config.max_fanout)
             plan = [(request.model, node) for node in self.scheduler.plan(nodes, request.model, fanout=fanout)]
         if not plan:
-            if any(request.model in node.models for node in nodes) or options.models:
+            wanted = options.models or (request.model,)
+            if any(model in node.models for node in nodes for model in wanted):
                 raise GatewayError("no node can serve this request now", status_hint=503)
-            raise GatewayError(f"model {request.model!r} is not served by any node of the network", status_hint=404)
+            names = ", ".join(repr(m) for m in wanted)
+            raise GatewayError(f"no node of the network serves {names}", status_hint=404)
         return plan
 
     async def _produce(self, request: ChatRequest, options: DistributedOptions, plan: list[tuple[str, NodeView]],
@@ -247,6 +258,7 @@ class Coordinator:
             return final
         except BaseException as exc:
             attempt.outcome = "cancelled" if isinstance(exc, trio.Cancelled) else "error"
+            attempt.error = exc
             raise
         finally:
             attempt.latency_ms = (time.perf_counter() - attempt.started) * 1000
@@ -261,7 +273,9 @@ class Coordinator:
                 queue = [(request.model, n) for n in self.scheduler.candidates(self.workers.nodes(), request.model)
                          if n.peer_id not in failed]
                 if not queue:
-                    raise GatewayError(f"every node that serves {request.model!r} failed", status_hint=503)
+                    raise state.client_fault() or GatewayError(
+                        f"every node that serves {request.model!r} failed", status_hint=503
+                    )
             model, node = queue.pop(0)
             try:
                 final = await self._stream_from(node, model, request, state, send, produced)
@@ -338,11 +352,14 @@ class Coordinator:
         winner = selection.winner
         if options.strategy == "judge" and winner is not None:
             winner = await self._judge(request, candidates, state, winner)
-        if options.strategy == "fuse" and selection.winner is not None:
+        if options.strategy == "fuse" and any(combine.usable(c) for c in candidates):
             await self._fuse(request, candidates, state, send)
             return
-        if winner is None:
-            raise GatewayError("no node produced a usable answer", status_hint=502)
+        if winner is None:  # nothing to compare; an empty answer (e.g. num_predict 0) is still an answer
+            finished = [i for i, c in enumerate(candidates) if c.outcome in ("ok", "truncated")]
+            if not finished:
+                raise state.client_fault() or GatewayError("no node produced a usable answer", status_hint=502)
+            winner = finished[0]
         state.attempts[winner].winner = True
         chosen = candidates[winner]
         await send.send(ChatChunk(content=chosen.content))
@@ -370,7 +387,7 @@ class Coordinator:
                 if attempt.outcome == "pending":
                     attempt.outcome = "error"
             except (BackendError, PeerError) as exc:
-                attempt.outcome = "error"
+                attempt.outcome, attempt.error = "error", exc
                 log.info("candidate from %s failed: %s", short_id(attempt.node.peer_id), exc)
             except trio.Cancelled:
                 attempt.outcome = "cancelled"

@@ -141,7 +141,10 @@ class BackendProtocolError(BackendError):
 
 
 class GatewayError(P2PNodeError):
-    """An HTTP request the gateway refuses; ``status_hint`` is the HTTP status to answer with."""
+    """An HTTP request the gateway refuses; ``status_hint`` is the HTTP status to answer with, ``headers`` any
+    headers that go with it (Retry-After, Allow)."""
+
+    headers: tuple[tuple[str, str], ...] = ()
 
     def __init__(self, message: str, *, status_hint: int = 400) -> None:
         super().__init__(message)

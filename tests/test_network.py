@@ -120,7 +120,7 @@ async def test_the_strategy_header_and_bad_requests(network):
                                    json={"model": MODEL, "messages": QUESTION, "stream": False})
         assert routed.json()["distributed"]["strategy"] == "route"
         unknown = await client.post("/api/chat", json={"model": "nope:1b", "messages": QUESTION})
-        assert unknown.status_code == 404 and "not served by any node" in unknown.json()["error"]
+        assert unknown.status_code == 404 and "no node of the network serves" in unknown.json()["error"]
         bad = await client.post("/api/chat", json={"model": MODEL, "messages": QUESTION, "distributed": {"strategy": "magic"}})
         assert bad.status_code == 400 and "strategy" in bad.json()["error"]
         local = await client.post("/api/chat", json={"model": MODEL, "messages": QUESTION, "use_distributed": False})

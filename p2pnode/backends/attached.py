@@ -27,6 +27,10 @@ __all__ = ["AttachedServers", "Registration", "StatusUpdate"]
 
 log = logging.getLogger(__name__)
 
+# Attached servers travel in this node's record, which peers refuse above 16 KB: their names and models together
+# get at most this many characters.
+MAX_ATTACHED_CHARS = 6 * 1024
+
 
 @dataclass(frozen=True)
 class Registration:
@@ -93,6 +97,7 @@ class AttachedServers:
                 f"this node already serves {self.config.max_servers} attached servers; register with another node",
                 status_hint=409,
             )
+        self._check_room(registration.node_id, registration.name, registration.models)
         node = AttachedNode(
             node_id=registration.node_id, name=registration.name or registration.node_id, user_id=user,
             models=registration.models, gpu_count=registration.gpu_count, gpu_memory=registration.gpu_memory,
@@ -116,6 +121,7 @@ class AttachedServers:
         server = self._owned(node_id, user)
         node = server.node
         if update.models is not None:
+            self._check_room(node_id, node.name, update.models)
             node = replace(node, models=update.models)
         if update.current_load is not None:
             node = replace(node, current_load=update.current_load)
@@ -130,6 +136,14 @@ class AttachedServers:
         self._discard(node_id)
         log.info("attached server %s removed by user %s", node_id, user)
         self._on_change()
+
+    def _check_room(self, node_id: str, name: str, models: tuple[str, ...]) -> None:
+        others = sum(_size(s.node.name, s.node.models) for s in self._servers.values() if s.node.node_id != node_id)
+        if others + _size(name, models) > MAX_ATTACHED_CHARS:
+            raise GatewayError(
+                f"the attached servers' names and models would exceed {MAX_ATTACHED_CHARS} characters in this "
+                "node's record: list fewer models, or register with another node", status_hint=409,
+            )
 
     def _owned(self, node_id: str, user: str) -> _Server:
         server = self._servers.get(node_id)
@@ -186,3 +200,7 @@ class AttachedServers:
         if server is None or server.node.status is not NodeStatus.ONLINE or request.model not in server.node.models:
             raise BackendRejected(f"attached server {node_id!r} cannot serve {request.model!r} now", status_hint=404)
         return tracked_chat(server.backend.open_chat(request), server.tracker, lambda: None)
+
+
+def _size(name: str, models: tuple[str, ...]) -> int:
+    return len(name) + sum(len(m) for m in models)

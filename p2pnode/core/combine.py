@@ -290,7 +290,8 @@ def select_best(
 ) -> Selection:
     """The consensus answer among the complete candidates (``similarity=None`` means chrF).
 
-    1. Unusable candidates are dropped; none left gives method "none", one gives "single" (score 1.0).
+    1. Unusable candidates are dropped; none left gives method "none", one gives "single" (score 1.0). When
+       every answer was cut at the length limit, the client asked for short answers: those are compared instead.
     2. Vote, when strictly more than half of the usable candidates have an extracted final answer: the most
        common answer wins (a tie between answers goes to the larger total weight of their voters, then to the
        higher MBR score of their best members) and its best-ranked voter is the winner. Scores are vote shares:
@@ -304,6 +305,8 @@ def select_best(
     scores = [0.0] * len(candidates)
     texts = {i: strip_thinking(c.content) for i, c in enumerate(candidates) if c.outcome == "ok"}
     texts = {i: t for i, t in texts.items() if t}
+    if not texts:
+        texts = {i: t for i, c in enumerate(candidates) if c.outcome == "truncated" and (t := strip_thinking(c.content))}
     if len(texts) < 2:
         for i in texts:
             scores[i] = 1.0

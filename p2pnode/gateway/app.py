@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
 from p2pnode.errors import BackendError, GatewayError
-from p2pnode.gateway.guard import Guard, RateLimited
+from p2pnode.gateway.guard import Guard
 from p2pnode.net._errors import first_leaf, naming_bind_errors
 
 __all__ = ["GatewayApp", "JSONResponse", "Request", "StreamResponse", "serve_gateway"]
@@ -24,6 +25,7 @@ __all__ = ["GatewayApp", "JSONResponse", "Request", "StreamResponse", "serve_gat
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
+MAX_JSON_DEPTH = 64
 
 
 @dataclass(frozen=True)
@@ -37,10 +39,14 @@ class Request:
     user: str | None = None  # the authenticated user; None when the gateway runs without API keys
 
     def json(self) -> Any:
+        """The body as JSON, refused (400) unless every string is valid Unicode (no lone surrogates, which no
+        encoder downstream accepts), every number finite, and nesting at most MAX_JSON_DEPTH deep."""
         try:
-            return json.loads(self.body or b"null")
-        except ValueError as exc:
-            raise GatewayError(f"request body is not valid JSON: {exc}", status_hint=400) from None
+            value = json.loads(self.body or b"null", parse_constant=_refuse_constant)
+        except (ValueError, RecursionError) as exc:
+            raise GatewayError(f"request body is not valid JSON: {str(exc)[:200]}", status_hint=400) from None
+        _check_json(value)
+        return value
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,29 @@ class StreamResponse:
 Handler = Callable[[Request], Awaitable[JSONResponse | StreamResponse]]
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _check_json(value: Any) -> None:
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise GatewayError(f"request body nests deeper than {MAX_JSON_DEPTH} levels", status_hint=400)
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise GatewayError("request body holds a string that is not valid Unicode", status_hint=400) from None
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise GatewayError("request body holds a number out of range", status_hint=400)
+        elif isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in (*item.keys(), *item.values()))
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+
+
 class GatewayApp:
     def __init__(self, guard: Guard | None = None) -> None:
         self._routes: list[tuple[str, tuple[str, ...], Handler]] = []
@@ -83,7 +112,7 @@ class GatewayApp:
                 return handler, params
             allowed = True
         if allowed:
-            raise GatewayError(f"method {method} not allowed on {path}", status_hint=405)
+            raise MethodNotAllowed(method, path, sorted({m for m, p, _ in self._routes if _match_segments(p, segments) is not None}))
         raise GatewayError(f"no such endpoint: {path}", status_hint=404)
 
     async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
@@ -108,13 +137,17 @@ class GatewayApp:
                 await _stream(response, receive, send)
                 return
         except (GatewayError, BackendError) as exc:
-            response = JSONResponse({"error": str(exc)}, exc.status_hint)
-            if isinstance(exc, RateLimited):
-                response = JSONResponse(response.body, 429, headers=(("retry-after", str(exc.retry_after)),))
+            response = JSONResponse({"error": str(exc)}, exc.status_hint, headers=exc.headers if isinstance(exc, GatewayError) else ())
         finally:
             if admitted is not None:
                 admitted.release()
         await _send_json(send, response)
+
+
+class MethodNotAllowed(GatewayError):
+    def __init__(self, method: str, path: str, allowed: list[str]) -> None:
+        super().__init__(f"method {method} not allowed on {path}", status_hint=405)
+        self.headers = (("allow", ", ".join(allowed)),)
 
 
 async def _stream(response: StreamResponse, receive: Callable, send: Callable) -> None:

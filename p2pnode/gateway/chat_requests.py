@@ -62,7 +62,7 @@ def _messages(value: Any) -> tuple[dict[str, str], ...]:
         if not isinstance(message, dict):
             raise _bad(f"messages[{i}] must be an object")
         role = message.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             raise _bad(f"messages[{i}].role must be one of {', '.join(sorted(ROLES))}")
         out.append({"role": role, "content": _content(message.get("content", ""), i)})
     return tuple(out)

@@ -125,3 +125,4 @@ class RateLimited(GatewayError):
     def __init__(self, message: str, retry_after: float) -> None:
         super().__init__(message, status_hint=429)
         self.retry_after = max(1, math.ceil(retry_after))
+        self.headers = (("retry-after", str(self.retry_after)),)

@@ -7,6 +7,7 @@ Streams follow the pre-3.2 convention: for ``application/x-ndjson`` the schema d
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from p2pnode import __version__
@@ -62,8 +63,7 @@ def _schemas() -> dict[str, Any]:
         "description": "model names this server serves (duplicates are dropped)",
     }
     text = {"type": "string", "maxLength": DEFAULT_LIMITS.max_text_chars}
-    chat_common = {  # what /api/chat, /api/generate and /v1/chat/completions share
-        "model": model,
+    chat_common = {  # optional fields /api/chat, /api/generate and /v1/chat/completions share
         "use_distributed": {**BOOL, "default": True, "description": "false: answer on this node only"},
         "distributed": _ref("DistributedOptions"),
     }
@@ -110,8 +110,8 @@ def _schemas() -> dict[str, Any]:
             "description": "text, or OpenAI content parts of type text",
             "anyOf": [{"type": ["string", "null"]}, {"type": "array", "items": _obj({"type": {"const": "text"}, "text": STR})}],
         }}),
-        "OllamaChatRequest": _obj({**ollama_common, "messages": _ref("Messages")}),
-        "OllamaGenerateRequest": _obj({**ollama_common, "prompt": STR}, {"system": _nullable(STR)}),
+        "OllamaChatRequest": _obj({"model": model, "messages": _ref("Messages")}, ollama_common),
+        "OllamaGenerateRequest": _obj({"model": model, "prompt": STR}, {**ollama_common, "system": _nullable(STR)}),
         "OllamaChatResponse": ollama_final({"message": assistant}),
         "OllamaGenerateResponse": ollama_final({"response": STR}),
         "OllamaChatLine": {"oneOf": [
@@ -121,7 +121,8 @@ def _schemas() -> dict[str, Any]:
             _obj({**chunk_common, "response": STR, "done": {"const": False}}), _ref("OllamaGenerateResponse"),
             _ref("Error")]},
         "Messages": {"type": "array", "minItems": 1, "maxItems": MAX_MESSAGES, "items": _ref("Message")},
-        "OpenAIChatRequest": _obj({**chat_common, "messages": _ref("Messages")}, {
+        "OpenAIChatRequest": _obj({"model": model, "messages": _ref("Messages")}, {
+            **chat_common,
             "stream": {**BOOL, "default": False, "description": "true: server-sent events ending with [DONE]"},
             "n": {"const": 1, "description": "one answer per request"},
             "max_tokens": {"type": ["integer", "null"], "minimum": 1},
@@ -188,8 +189,21 @@ def _schemas() -> dict[str, Any]:
     }
 
 
+_HELLO = [{"role": "user", "content": "Why is the sky blue?"}]
+EXAMPLES = {  # one request body per operation, as documentation (and a case schemathesis always sends)
+    "OllamaChatRequest": {"model": "llama3.2:3b", "messages": _HELLO, "distributed": {"strategy": "best"}},
+    "OllamaGenerateRequest": {"model": "llama3.2:3b", "prompt": "Why is the sky blue?", "stream": False},
+    "OpenAIChatRequest": {"model": "llama3.2:3b", "messages": _HELLO, "stream": True,
+                          "distributed": {"strategy": "first", "fanout": 2}},
+    "Registration": {"node_id": "laptop-1", "ollama_url": "http://127.0.0.1:11434", "name": "laptop",
+                     "gpu_count": 1, "gpu_memory": 8192, "cpu_cores": 8, "available_models": ["llama3.2:3b"]},
+    "StatusUpdate": {"status": "online", "available_models": ["llama3.2:3b"], "current_load": 0.25,
+                     "response_time": 850.0},
+}
+
+
 def _body(name: str) -> dict[str, Any]:
-    return {"required": True, "content": {JSON: {"schema": _ref(name)}}}
+    return {"required": True, "content": {JSON: {"schema": _ref(name), "example": EXAMPLES[name]}}}
 
 
 def _ok(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
@@ -303,8 +317,8 @@ def _paths() -> dict[str, Any]:
 
 
 def openapi_schema() -> dict[str, Any]:
-    """The whole description, as a new dict."""
-    return {
+    """The whole description, as a new dict that shares nothing (tools such as schemathesis edit it in place)."""
+    return copy.deepcopy({
         "openapi": "3.1.0",
         "info": {
             "title": "dcn node gateway",
@@ -324,7 +338,7 @@ def openapi_schema() -> dict[str, Any]:
                 "when the gateway listens beyond loopback or any API key exists; otherwise optional.",
             }},
         },
-    }
+    })
 
 
 def install(app: GatewayApp) -> None:

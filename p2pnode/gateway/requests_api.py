@@ -25,7 +25,7 @@ def install(app: GatewayApp, registry: Callable[[], RequestRegistry]) -> None:
 
     async def cancel(request: Request) -> JSONResponse:
         raw = request.path_params["request_id"]
-        if not raw.isdigit() or not registry().cancel(int(raw), request.user):
+        if not (raw.isascii() and raw.isdigit()) or not registry().cancel(int(raw), request.user):
             raise GatewayError(f"no request {raw} of yours is running", status_hint=404)
         return JSONResponse({"id": int(raw), "status": "cancelled"})
 

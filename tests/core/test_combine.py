@@ -4,6 +4,7 @@ and properties (symmetry, determinism under reordering) checked with hypothesis.
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from collections import Counter
 from statistics import mean
 
@@ -259,9 +260,18 @@ def test_unusable_candidates_neither_vote_nor_count():
 
 
 def test_nothing_usable():
-    candidates = [cand("n0", "", outcome="error"), cand("n1", "partial", outcome="truncated")]
-    assert select_best(candidates) == Selection(None, "none", (0.0, 0.0))
+    candidates = [cand("n0", "", outcome="error"), cand("n1", "", outcome="truncated"), cand("n2", "x", outcome="cancelled")]
+    assert select_best(candidates) == Selection(None, "none", (0.0, 0.0, 0.0))
     assert select_best([]) == Selection(None, "none", ())
+
+
+def test_truncated_answers_are_compared_only_when_every_answer_was_cut_short():
+    # The client asked for few tokens: cut answers are all there is, and the consensus among them wins.
+    cut = [cand("n0", "The answer is"), cand("n1", "The answer is"), cand("n2", "Dogs bark")]
+    cut = [replace(c, outcome="truncated") for c in cut]
+    assert select_best(cut).winner in (0, 1)
+    # One complete answer beats any number of cut ones.
+    assert select_best([*cut, cand("n3", "Complete.")]) == Selection(3, "single", (0.0, 0.0, 0.0, 1.0))
 
 
 def test_thinking_is_ignored_when_voting_and_comparing():
