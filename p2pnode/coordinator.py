@@ -25,8 +25,8 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -112,6 +112,7 @@ class _Request:
     user: str | None  # who asked (None: this node's owner, through an unauthenticated local gateway)
     started_at: float = field(default_factory=time.time)
     attempts: list[_Attempt] = field(default_factory=list)
+    plan: list[tuple[str, NodeView]] = field(default_factory=list)
     cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)  # its user may cancel it
 
     def metadata(self) -> dict[str, Any]:
@@ -166,36 +167,55 @@ class Coordinator:
     # ---- running a request ---------------------------------------------------------------------------------
 
     def open_chat(self, request: ChatRequest, routing: Routing | None = None) -> AbstractAsyncContextManager[AsyncIterator[ChatChunk]]:
-        """The gateway's entry point: ``routing`` is how the client asked for the request to be distributed."""
-        routing = routing or Routing()
+        """The gateway's entry point for streamed answers: ``routing`` is how the client asked for the request
+        to be distributed."""
+        return self._open(*self._prepare(request, routing or Routing()))
+
+    async def complete(self, request: ChatRequest, routing: Routing | None = None) -> tuple[str, ChatChunk]:
+        """The whole answer and its last chunk, run in the caller's task: no relay between tasks to pay for."""
+        request, options, state = self._prepare(request, routing or Routing())
+        sink = _Collector()
+        with self._registered(state):
+            try:
+                await self._run(request, options, state, sink)
+            except* (GatewayError, BackendError, PeerError) as group:
+                raise first_leaf(group) from None  # one clear error for the gateway, not a group
+        return "".join(sink.parts), sink.last
+
+    def _prepare(self, request: ChatRequest, routing: Routing) -> tuple[ChatRequest, DistributedOptions, _Request]:
         options = DistributedOptions.parse(
             routing.distributed, routing.header_strategy, self.config.default_strategy, use=routing.use_distributed
         )
-        return self._open(request, options, routing.user)
-
-    @asynccontextmanager
-    async def _open(self, request: ChatRequest, options: DistributedOptions, user: str | None) -> AsyncIterator[AsyncIterator[ChatChunk]]:
         timeout = options.timeout or request.timeout or self.config.default_timeout
         # Only route may take a whole answer in one piece: the others race on, or time, the first tokens.
         request = replace(request, timeout=timeout, stream=request.stream or options.strategy != "route")
-        plan = self._plan(request, options)
-        state = _Request(next(self._ids), options.strategy, request.model, user)
+        state = _Request(next(self._ids), options.strategy, request.model, routing.user)
+        state.plan = self._plan(request, options)
+        return request, options, state
+
+    @contextmanager
+    def _registered(self, state: _Request) -> Iterator[None]:
         self._running[state.id] = state
-        deadline = trio.current_time() + timeout
-        send, receive = trio.open_memory_channel[ChatChunk | BaseException](16)
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._produce, request, options, plan, state, send, deadline)
-                first = await receive.receive()  # errors before any output keep their HTTP status
-                if isinstance(first, BaseException):
-                    raise first
-                async with aclosing(_relay(first, receive)) as chunks:
-                    yield chunks
-                nursery.cancel_scope.cancel()
-        except* (GatewayError, BackendError, PeerError) as group:
-            raise first_leaf(group) from None  # one clear error for the gateway, not a group
+            yield
         finally:
             del self._running[state.id]
+
+    @asynccontextmanager
+    async def _open(self, request: ChatRequest, options: DistributedOptions, state: _Request) -> AsyncIterator[AsyncIterator[ChatChunk]]:
+        send, receive = trio.open_memory_channel[ChatChunk | BaseException](16)
+        with self._registered(state):
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._produce, request, options, state, send)
+                    first = await receive.receive()  # errors before any output keep their HTTP status
+                    if isinstance(first, BaseException):
+                        raise first
+                    async with aclosing(_relay(first, receive)) as chunks:
+                        yield chunks
+                    nursery.cancel_scope.cancel()
+            except* (GatewayError, BackendError, PeerError) as group:
+                raise first_leaf(group) from None  # one clear error for the gateway, not a group
 
     def _plan(self, request: ChatRequest, options: DistributedOptions) -> list[tuple[str, NodeView]]:
         nodes = [n for n in self.workers.nodes() if n.is_local or not options.local_only]
@@ -213,20 +233,24 @@ class Coordinator:
             raise GatewayError(f"no node of the network serves {names}", status_hint=404)
         return plan
 
-    async def _produce(self, request: ChatRequest, options: DistributedOptions, plan: list[tuple[str, NodeView]],
-                       state: _Request, send: trio.MemorySendChannel, deadline: float) -> None:
-        strategy = {"route": self._route, "first": self._first, "best": self._combine,
-                    "judge": self._combine, "fuse": self._combine}[options.strategy]
+    async def _produce(self, request: ChatRequest, options: DistributedOptions, state: _Request,
+                       send: trio.MemorySendChannel) -> None:
         async with send:
             try:
-                with trio.move_on_at(deadline) as scope, state.cancel_scope:
-                    await strategy(request, options, plan, state, send)
-                if state.cancel_scope.cancelled_caught:
-                    raise GatewayError("cancelled by its user", status_hint=499)
-                if scope.cancelled_caught:
-                    raise GatewayError(f"no answer within the request's {request.timeout:.0f} s deadline", status_hint=504)
-            except (GatewayError, BackendError, PeerError) as exc:
-                await send.send(exc)
+                await self._run(request, options, state, send)
+            except* (GatewayError, BackendError, PeerError) as group:
+                await send.send(first_leaf(group))
+
+    async def _run(self, request: ChatRequest, options: DistributedOptions, state: _Request, send: Any) -> None:
+        """Run the strategy to its end, its chunks to ``send``; the request's deadline and cancel apply."""
+        strategy = {"route": self._route, "first": self._first, "best": self._combine,
+                    "judge": self._combine, "fuse": self._combine}[options.strategy]
+        with trio.move_on_after(request.timeout) as scope, state.cancel_scope:
+            await strategy(request, options, state.plan, state, send)
+        if state.cancel_scope.cancelled_caught:
+            raise GatewayError("cancelled by its user", status_hint=499)
+        if scope.cancelled_caught:
+            raise GatewayError(f"no answer within the request's {request.timeout:.0f} s deadline", status_hint=504)
 
     # ---- streaming strategies ------------------------------------------------------------------------------
 
@@ -452,6 +476,18 @@ class Coordinator:
         aggregator = self._strongest(set(), request.model)
         plan = [(request.model, aggregator)] if aggregator else []
         await self._failover(fused, plan, state, send, [], set())
+
+
+class _Collector:
+    """Where a whole answer's chunks go when nobody streams them."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.last = ChatChunk()
+
+    async def send(self, chunk: ChatChunk) -> None:
+        self.parts.append(chunk.content)
+        self.last = chunk
 
 
 class _Gate:

@@ -79,7 +79,7 @@ class OpenAIBackend(Backend):
             yield self._chunks(lines)
 
     async def _whole(self, lines: AsyncIterator[str]) -> AsyncIterator[ChatChunk]:
-        """A non-streamed chat completion: its content, then the final chunk."""
+        """A non-streamed chat completion: one final chunk with the whole content."""
         reply = _parse_json("\n".join([line async for line in lines]), self, "/v1/chat/completions")
         ensure(isinstance(reply, dict) and isinstance(reply.get("choices"), list) and reply["choices"], self,
                "/v1/chat/completions reply without choices")
@@ -88,9 +88,8 @@ class OpenAIBackend(Backend):
         ensure(isinstance(message, dict) and isinstance(message.get("content") or "", str), self,
                "/v1/chat/completions reply without a message")
         usage = reply.get("usage") if isinstance(reply.get("usage"), dict) else {}
-        if message.get("content"):
-            yield ChatChunk(content=message["content"])
         yield ChatChunk(
+            content=message.get("content") or "",
             done=True,
             done_reason="length" if choice.get("finish_reason") == "length" else "stop",
             prompt_tokens=_int(usage.get("prompt_tokens")),

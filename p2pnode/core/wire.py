@@ -168,6 +168,7 @@ class JobEnd(_Message):
     completion_tokens: int
     status: int
     error: str
+    content: str = ""  # the answer's last piece: a whole answer takes one message instead of two
 
 
 @dataclass(frozen=True)
@@ -338,12 +339,12 @@ def _decode_job_chunk(fields: list[Any], limits: WireLimits) -> JobChunk:
 
 
 def _decode_job_end(fields: list[Any], limits: WireLimits) -> JobEnd:
-    _arity(fields, 6, "JobEnd")
-    job, reason, prompt, completion, status, error = fields
+    _arity(fields, 7, "JobEnd")
+    job, reason, prompt, completion, status, error, content = fields
     return JobEnd(
         _uint(job, "JobEnd.job"), _str(reason, "JobEnd.done_reason", 32), _uint(prompt, "JobEnd.prompt_tokens"),
         _uint(completion, "JobEnd.completion_tokens"), _uint(status, "JobEnd.status", 999),
-        _str(error, "JobEnd.error", 1024),
+        _str(error, "JobEnd.error", 1024), _str(content, "JobEnd.content", limits.max_message_bytes),
     )
 
 

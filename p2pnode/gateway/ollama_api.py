@@ -18,7 +18,7 @@ from p2pnode.backends.base import ChatChunk, ChatRequest
 from p2pnode.errors import BackendError, GatewayError, PeerError
 from p2pnode.gateway.app import GatewayApp, JSONResponse, Request, StreamResponse
 from p2pnode.gateway.chat_requests import ParsedChat, parse_ollama_chat, parse_ollama_generate
-from p2pnode.gateway.service import ChatService, Routing, collect
+from p2pnode.gateway.service import ChatService, Routing
 
 __all__ = ["install"]
 
@@ -100,7 +100,7 @@ def install(app: GatewayApp, service: Callable[[], ChatService]) -> None:
 
 async def _whole(service: ChatService, request: ChatRequest, routing: Routing, *, chat: bool) -> dict[str, Any]:
     start = time.monotonic_ns()
-    content, last = await collect(service, request, routing)
+    content, last = await service.complete(request, routing)
     return _final(request.model, content, last, start, chat=chat)
 
 

@@ -14,7 +14,7 @@ from p2pnode.backends.base import ChatChunk, ChatRequest
 from p2pnode.errors import BackendError, GatewayError, PeerError
 from p2pnode.gateway.app import GatewayApp, JSONResponse, Request, StreamResponse
 from p2pnode.gateway.chat_requests import parse_openai_chat
-from p2pnode.gateway.service import ChatService, Routing, collect
+from p2pnode.gateway.service import ChatService, Routing
 
 __all__ = ["install"]
 
@@ -44,7 +44,7 @@ def install(app: GatewayApp, service: Callable[[], ChatService]) -> None:
 
 
 async def _whole(service: ChatService, request: ChatRequest, routing: Routing) -> dict[str, Any]:
-    content, last = await collect(service, request, routing)
+    content, last = await service.complete(request, routing)
     answer = {
         "id": "chatcmpl-" + secrets.token_hex(12),
         "object": "chat.completion",

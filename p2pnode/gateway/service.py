@@ -33,13 +33,15 @@ class ChatService(Protocol):
         self, request: ChatRequest, routing: Routing | None = None
     ) -> AbstractAsyncContextManager[AsyncIterator[ChatChunk]]: ...
 
+    async def complete(self, request: ChatRequest, routing: Routing | None = None) -> tuple[str, ChatChunk]:
+        """The whole text, and the last chunk (reason, counters, metadata)."""
 
-async def collect(service: ChatService, request: ChatRequest, routing: Routing | None = None) -> tuple[str, ChatChunk]:
-    """Run a chat to its end: the whole text, and the last chunk (reason, counters, metadata)."""
+
+async def collect(chunks: AsyncIterator[ChatChunk]) -> tuple[str, ChatChunk]:
+    """Read a chat's chunks to the end: the whole text, and the last chunk."""
     parts: list[str] = []
     last = ChatChunk()
-    async with service.open_chat(request, routing) as chunks:
-        async for chunk in chunks:
-            parts.append(chunk.content)
-            last = chunk
+    async for chunk in chunks:
+        parts.append(chunk.content)
+        last = chunk
     return "".join(parts), last

@@ -32,7 +32,16 @@ from p2pnode.config import JobsConfig
 from p2pnode.core.identity import Identity, short_id, verify_signature
 from p2pnode.core.limits import KeyedLimiter
 from p2pnode.core.records import NodeStatus
-from p2pnode.core.wire import JobCancel, JobChunk, JobCredit, JobEnd, JobOpen, Message, job_transcript
+from p2pnode.core.wire import (
+    DEFAULT_WIRE_LIMITS,
+    JobCancel,
+    JobChunk,
+    JobCredit,
+    JobEnd,
+    JobOpen,
+    Message,
+    job_transcript,
+)
 from p2pnode.errors import (
     BackendError,
     BackendRejected,
@@ -183,12 +192,13 @@ class Jobs:
                         opened = self._compute().open_chat(request)
                     async with opened as chunks:
                         async for chunk in chunks:
-                            if chunk.content:
-                                await served.credit.acquire()
-                                await link.send_ordered(JobChunk(job.job, chunk.content))
                             if chunk.done:
                                 end = JobEnd(job.job, chunk.done_reason or "stop", chunk.prompt_tokens or 0,
-                                             chunk.completion_tokens or 0, 0, "")
+                                             chunk.completion_tokens or 0, 0, "", chunk.content)
+                            elif chunk.content:
+                                for piece in _pieces(chunk.content):
+                                    await served.credit.acquire()
+                                    await link.send_ordered(JobChunk(job.job, piece))
                 except BackendError as exc:
                     end = JobEnd(job.job, "", 0, 0, getattr(exc, "status_hint", 502), str(exc)[:1000])
             if served.scope.cancelled_caught and end.status == 499 and trio.current_time() >= served.scope.deadline:
@@ -238,7 +248,7 @@ class Jobs:
                         finished = True
                         if message.status:
                             raise _remote_error(link, message)
-                        yield ChatChunk(done=True, done_reason=message.done_reason or "stop",
+                        yield ChatChunk(content=message.content, done=True, done_reason=message.done_reason or "stop",
                                         prompt_tokens=message.prompt_tokens, completion_tokens=message.completion_tokens)
                         return
                 raise PeerUnreachable(f"link to {short_id(link.peer_id)} closed during job {number}")
@@ -254,6 +264,11 @@ class Jobs:
                         await link.send_ordered(JobCancel(number))
                     except PeerError:
                         pass
+
+
+def _pieces(text: str, size: int = DEFAULT_WIRE_LIMITS.max_item_bytes // 4) -> list[str]:
+    """A chunk cut to fit JobChunk's limit (in characters; 4 bytes each at worst)."""
+    return [text[i : i + size] for i in range(0, len(text), size)]
 
 
 def _vouched(coordinator: str, worker: str, job: JobOpen) -> bool:

@@ -108,6 +108,9 @@ class PeerLink:
         self._encrypt, self._decrypt = ciphers
         # Nonces count messages: encrypting and sending must happen in one order, whichever task sends.
         self._send_lock = trio.Lock()
+        # Messages handed to the outbox and not yet written (a handed-off one may not show in the channel's
+        # buffer): while any are, a direct send_ordered would overtake them.
+        self._queued = 0
         self.remote_address = _endpoint(ws)
         self._local_close: int | None = None  # the code we closed with, if we closed first
         self.last_received = trio.current_time()  # any message proves the peer alive
@@ -129,15 +132,26 @@ class PeerLink:
         """Queue a message for the writer task; ``False`` (and counted) if the outbox is full or closed."""
         try:
             self._send_channel.send_nowait(encode(message))
+            self._queued += 1
             return True
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
             self._dropped += 1
             return False
 
     async def send_ordered(self, message: Message) -> None:
-        """Queue a message that must not be dropped (jobs), waiting for room in the outbox: back-pressure."""
+        """Send a message that must not be dropped (jobs): at once when nothing is waiting before it (one task
+        hop less per message), else behind the queued ones, waiting for room in the outbox: back-pressure."""
+        data = encode(message)
+        if not self._queued and not self._send_lock.locked() and self._local_close is None:
+            await self._send_raw(data)
+            return
         with map_exceptions({trio.ClosedResourceError: PeerUnreachable, trio.BrokenResourceError: PeerUnreachable}):
-            await self._send_channel.send(encode(message))
+            self._queued += 1
+            try:
+                await self._send_channel.send(data)
+            except BaseException:
+                self._queued -= 1
+                raise
 
     async def send(self, message: Message) -> None:
         """Send now, bypassing the outbox (handshake, goodbye)."""
@@ -155,7 +169,10 @@ class PeerLink:
         """Drain the outbox until the link closes."""
         async with self._receive_channel:
             async for data in self._receive_channel:
-                await self._send_raw(data)
+                try:
+                    await self._send_raw(data)
+                finally:
+                    self._queued -= 1
 
     async def receive(self, limits: WireLimits) -> Message:
         """The next message; Ping and Pong are answered and absorbed here. Raises :class:`PeerUnreachable` when

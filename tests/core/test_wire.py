@@ -62,6 +62,7 @@ MESSAGES = [
     pytest.param(JobOpen(2**32 - 1, "m", (USER_MESSAGE,) * 3, {}, 3600.0, "", 1, "laptop", False, SIG), id="job-open-attached"),
     pytest.param(JobChunk(7, "token"), id="job-chunk"),
     pytest.param(JobEnd(7, "stop", 3, 12, 0, ""), id="job-end"),
+    pytest.param(JobEnd(7, "length", 3, 12, 0, "", "the whole answer " * 2000), id="job-end-with-the-answer"),
     pytest.param(JobEnd(7, "", 0, 0, 429, "busy"), id="job-end-busy"),
     pytest.param(JobCancel(7), id="job-cancel"),
     pytest.param(JobCredit(7, 16), id="job-credit"),
@@ -284,7 +285,7 @@ VALID_FIELDS = {
     AUTH: [2, PEER_A, b"\x02" * 64, b"record"],
     JOB_OPEN: [1, "m", [USER_MESSAGE], {}, 30.0, "ann", 8, "", True, SIG],
     JOB_CHUNK: [1, "text"],
-    JOB_END: [1, "stop", 1, 2, 0, ""],
+    JOB_END: [1, "stop", 1, 2, 0, "", ""],
     JOB_CANCEL: [1],
     JOB_CREDIT: [1, 4],
     RUMORS: [[b"a"]],
@@ -326,7 +327,7 @@ BAD_FIELDS = [
     (JOB_OPEN, 9, b"s" * 65),
     # JobChunk, JobEnd, JobCancel, JobCredit
     (JOB_CHUNK, 0, -1), (JOB_CHUNK, 1, b"bytes"), (JOB_CHUNK, 1, "x" * (16 * 1024 + 1)),
-    (JOB_END, 1, "r" * 33), (JOB_END, 4, 1000), (JOB_END, 5, "e" * 1025), (JOB_END, 2, -1),
+    (JOB_END, 1, "r" * 33), (JOB_END, 4, 1000), (JOB_END, 5, "e" * 1025), (JOB_END, 2, -1), (JOB_END, 6, None), (JOB_END, 6, b"x"),
     (JOB_CANCEL, 0, "1"), (JOB_CREDIT, 1, 4097), (JOB_CREDIT, 1, -1),
     # Rumors.items
     (RUMORS, 0, b"a"), (RUMORS, 0, ["a"]), (RUMORS, 0, [b"a", 1]), (RUMORS, 0, None), (RUMORS, 0, {"a": b"a"}),

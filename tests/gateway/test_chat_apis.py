@@ -15,6 +15,7 @@ from p2pnode.backends.ollama import OllamaBackend
 from p2pnode.backends.resources import Resources
 from p2pnode.gateway import ollama_api, openai_api
 from p2pnode.gateway.app import GatewayApp, serve_gateway
+from p2pnode.gateway.service import collect
 from p2pnode.testing.fake_ollama import FakeModel, FakeOllama
 
 pytestmark = pytest.mark.slow
@@ -37,6 +38,10 @@ class LocalService:
 
     def open_chat(self, request, routing=None):
         return self._compute.open_chat(request)
+
+    async def complete(self, request, routing=None):
+        async with self.open_chat(request) as chunks:
+            return await collect(chunks)
 
 
 @pytest.fixture

@@ -277,3 +277,21 @@ async def test_garbage_instead_of_the_first_handshake_message_is_refused(nursery
         while True:
             await client.get_message()
     assert closed.value.reason.code == CloseCode.NETWORK
+
+
+async def test_messages_keep_their_order_whether_queued_or_sent_directly(nursery):
+    _, _, alice_link, bob_link, _, _ = await linked_pair(nursery)
+    nursery.start_soon(alice_link.run_writer)
+    sent = []
+    for i in range(200):
+        message = Rumors((str(i).encode(),))
+        if i % 3 == 0:
+            if not alice_link.send_nowait(message):  # gossip: through the outbox, dropped when it is full
+                continue
+        else:
+            await alice_link.send_ordered(message)  # jobs: directly when nothing waits before them
+        sent.append(message)
+        if i % 7 == 0:
+            await trio.sleep(0)
+    received = [await bob_link.receive(WireLimits()) for _ in sent]
+    assert received == sent
