@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from p2pnode import users  # noqa: E402
 from p2pnode.testing.netns import Lab, lab_unavailable_reason, node_command  # noqa: E402
 
 
@@ -37,7 +38,12 @@ def _wait(check, timeout: float = 60.0) -> float:
 
 
 def _get(client: httpx.Client, host, path: str) -> dict:
-    return client.get(f"http://{host.address}:11435{path}", timeout=2.0).json()
+    # Each gateway listens beyond loopback, so it needs the API key made for it at start.
+    headers = {"Authorization": f"Bearer {API_KEYS[host.index]}"}
+    return client.get(f"http://{host.address}:11435{path}", timeout=2.0, headers=headers).json()
+
+
+API_KEYS: dict[int, str] = {}
 
 
 def one_round(count: int) -> tuple[float, float, float]:
@@ -46,7 +52,9 @@ def one_round(count: int) -> tuple[float, float, float]:
         try:
             start = time.monotonic()
             for host in lab.hosts:
-                command = node_command(host, Path(tmp) / f"h{host.index}", "--log-level", "warning")
+                data_dir = Path(tmp) / f"h{host.index}"
+                API_KEYS[host.index] = users.add_user(data_dir, "bench")
+                command = node_command(host, data_dir, "--log-level", "warning")
                 processes.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 
             def all_online() -> bool:

@@ -14,7 +14,7 @@ import trio
 
 class NodeProcess:
     def __init__(self, data_dir: Path, name: str, *extra: str, command: list[str] | None = None,
-                 http_url: str | None = None) -> None:
+                 http_url: str | None = None, api_key: str | None = None) -> None:
         self.data_dir = data_dir
         self.name = name
         self.command = command or [
@@ -22,6 +22,8 @@ class NodeProcess:
             "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--no-mdns", "--backend", "none", *extra,
         ]
         self._http_url = http_url  # where the harness reaches the gateway, when not where the node says
+        self.api_key = api_key
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.process: trio.Process | None = None
         self.log: list[str] = []
         self.info: dict = {}
@@ -68,7 +70,7 @@ class NodeProcess:
                 self.process.kill()
 
     async def get(self, path: str) -> dict:
-        async with httpx.AsyncClient(timeout=5.0) as client:
+        async with httpx.AsyncClient(timeout=5.0, headers=self._headers) as client:
             response = await client.get(self.http_url + path)
             response.raise_for_status()
             return response.json()

@@ -11,6 +11,7 @@ import signal
 import pytest
 import trio
 
+from p2pnode import users
 from p2pnode.testing.netns import Lab, lab_unavailable_reason, node_command
 from tests.nodes import NodeProcess, eventually
 
@@ -36,15 +37,18 @@ def lab_factory():
         lab.destroy()
 
 
+def lab_node(host, data_dir, http_address: str, *extra: str, api_key: str | None = None) -> NodeProcess:
+    """A node in ``host`` whose gateway the harness reaches from outside: beyond loopback, so it needs an API
+    key (a new user's, unless the node restarts with its data dir and key)."""
+    return NodeProcess(data_dir, f"host{host.index}", command=node_command(host, data_dir, *extra),
+                       http_url=f"http://{http_address}:11435", api_key=api_key or users.add_user(data_dir, "lab"))
+
+
 async def start_hosts(nursery, lab: Lab, tmp_path, *extra_per_host) -> list[NodeProcess]:
     nodes = []
     for host in lab.hosts:
         extra = extra_per_host[host.index] if extra_per_host else ()
-        data_dir = tmp_path / f"host{host.index}"
-        node = NodeProcess(
-            data_dir, f"host{host.index}", command=node_command(host, data_dir, *extra),
-            http_url=f"http://{host.address}:11435",
-        )
+        node = lab_node(host, tmp_path / f"host{host.index}", host.address, *extra)
         await node.start(nursery)
         nodes.append(node)
     return nodes
@@ -99,6 +103,7 @@ async def test_a_node_with_another_network_key_is_not_joined(nursery, tmp_path, 
     for name, fill in (("ours", 1), ("theirs", 2)):
         path = tmp_path / f"{name}.key"
         path.write_bytes(bytes([fill]) * 32)
+        path.chmod(0o600)
         keys.append(str(path))
     extra = [("--network-key", keys[0]), ("--network-key", keys[0]), ("--network-key", keys[1])]
     nodes = await start_hosts(nursery, lab, tmp_path, *extra)
@@ -130,10 +135,7 @@ async def test_same_names_an_interface_flap_and_a_new_address_are_all_handled(nu
     mover.kill(signal.SIGKILL)
     await mover.wait_exit()
     new_address = lab.readdress(lab.hosts[2])
-    moved = NodeProcess(
-        mover.data_dir, "host2", command=node_command(lab.hosts[2], mover.data_dir),
-        http_url=f"http://{new_address}:11435",
-    )
+    moved = lab_node(lab.hosts[2], mover.data_dir, new_address, api_key=mover.api_key)
     await moved.start(nursery)
     assert moved.peer_id == mover.peer_id
     nodes[2] = moved
