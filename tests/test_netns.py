@@ -39,9 +39,15 @@ def lab_factory():
 
 def lab_node(host, data_dir, http_address: str, *extra: str, api_key: str | None = None) -> NodeProcess:
     """A node in ``host`` whose gateway the harness reaches from outside: beyond loopback, so it needs an API
-    key (a new user's, unless the node restarts with its data dir and key)."""
-    return NodeProcess(data_dir, f"host{host.index}", command=node_command(host, data_dir, *extra),
+    key (a new user's, unless the node restarts with its data dir and key), and the harness polls it more often
+    than the per-user rate limit allows."""
+    config = data_dir.parent / "lab.toml"
+    config.write_text(POLLING_CONFIG)
+    return NodeProcess(data_dir, f"host{host.index}", command=node_command(host, data_dir, "--config", str(config), *extra),
                        http_url=f"http://{http_address}:11435", api_key=api_key or users.add_user(data_dir, "lab"))
+
+
+POLLING_CONFIG = "[gateway]\nrate_per_minute = 1000000.0\nburst = 100000\n"
 
 
 async def start_hosts(nursery, lab: Lab, tmp_path, *extra_per_host) -> list[NodeProcess]:
