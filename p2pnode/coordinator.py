@@ -286,6 +286,10 @@ class Coordinator:
             raise
         finally:
             attempt.latency_ms = (time.perf_counter() - attempt.started) * 1000
+            if ttft is None and attempt.outcome == "cancelled":
+                # Waited this long without a token (a hedge beat it): a lower bound, but leaving it out would
+                # keep the slow cases out of the p95 that decides when to hedge.
+                ttft = attempt.latency_ms
             self.scheduler.finished(node.peer_id, ttft_ms=ttft, ok=attempt.outcome == "ok")
 
     async def _failover(self, request: ChatRequest, plan: list[tuple[str, NodeView]], state: _Request,
@@ -336,7 +340,7 @@ class Coordinator:
                         if peer_id != node.peer_id:
                             scope.cancel()
 
-            with scopes.setdefault(node.peer_id, trio.CancelScope()):
+            with scopes[node.peer_id]:
                 try:
                     final = await self._stream_from(node, model, request, state, gate, own, on_first=claim)
                     claim()  # an answer without any token wins if nobody spoke first
@@ -349,9 +353,16 @@ class Coordinator:
                         produced.extend(own)
                         nursery.cancel_scope.cancel()
 
+        def start(model: str, node: NodeView, nursery: trio.Nursery) -> None:
+            # The scope exists before the task runs: a win in between must still be able to cancel it.
+            scopes[node.peer_id] = trio.CancelScope()
+            if won.is_set():
+                scopes[node.peer_id].cancel()
+            nursery.start_soon(race, model, node, nursery)
+
         async with trio.open_nursery() as nursery:
             for model, node in plan:
-                nursery.start_soon(race, model, node, nursery)
+                start(model, node, nursery)
             if len(plan) == 1 and hedges:
                 # Until enough first tokens were timed, the scheduler's default delay stands in for the p95.
                 delay = self.scheduler.hedge_delay_ms() or self.scheduler.config.default_hedge_ms
@@ -359,7 +370,7 @@ class Coordinator:
                     await won.wait()
                 if not won.is_set():
                     log.debug("hedging %s after %.0f ms without a first token", request.model, delay)
-                    nursery.start_soon(race, request.model, hedges[0], nursery)
+                    start(request.model, hedges[0], nursery)
         if "final" in result:
             await send.send(replace(result["final"], content="", metadata=state.metadata()))
             return

@@ -157,19 +157,28 @@ async def test_a_node_dying_mid_stream_is_continued_elsewhere(network):
     ]
 
 
-async def test_a_client_that_hangs_up_stops_every_remote_generation(network):
+@pytest.mark.parametrize(
+    "how", [{"distributed": {"strategy": "best"}}, {"stream": False, "distributed": {"strategy": "route"}}],
+    ids=["streamed-best-before-any-output", "whole-answer-route"],
+)
+async def test_a_client_that_hangs_up_stops_every_remote_generation(network, how):
     coordinator, llama_node, ollama_node, fake = network
     fake.faults.latency = 0.1
-    async with httpx.AsyncClient(base_url=coordinator.url, timeout=60) as client:
-        body = {"model": MODEL, "messages": QUESTION, "distributed": {"strategy": "best"}}
-        async with client.stream("POST", "/api/chat", json=body) as response:
-            async for _ in response.aiter_lines():
-                break
-            # leave before the candidates are done
+    coordinator.node.coordinator.scheduler.started(llama_node.node.identity.peer_id)  # route picks the fake
+    body = {"model": MODEL, "messages": QUESTION, **how}
+
+    async def ask() -> None:
+        async with httpx.AsyncClient(base_url=coordinator.url, timeout=60) as client:
+            await client.post("/api/chat", json=body)
+
+    async with trio.open_nursery() as hanging_up:
+        hanging_up.start_soon(ask)
+        with trio.fail_after(10):
+            await fake.wait_until(lambda f: f.active)  # the candidates are generating ...
+        hanging_up.cancel_scope.cancel()  # ... when the client leaves
     with trio.fail_after(10):
-        while fake.active:
-            await trio.sleep(0.02)
-    assert fake.cancelled >= 1
+        await fake.wait_until(lambda f: f.active == 0)
+    assert fake.interrupted == 1
 
 
 async def test_a_node_killed_before_its_first_token_is_replaced(network, nursery):

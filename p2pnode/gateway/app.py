@@ -132,16 +132,22 @@ class GatewayApp:
                 scope["method"], scope["path"], scope["query_string"].decode("latin-1"), headers, params, body,
                 user=admitted.user if admitted else None,
             )
-            response = await handler(request)
-            if isinstance(response, StreamResponse):
-                await _stream(response, receive, send)
-                return
-        except (GatewayError, BackendError) as exc:
-            response = JSONResponse({"error": str(exc)}, exc.status_hint, headers=exc.headers if isinstance(exc, GatewayError) else ())
+            # A client that goes away cancels its request wherever it is: waiting for candidates, streaming.
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
+                response = await handler(request)
+                if isinstance(response, StreamResponse):
+                    await _stream(response, send)
+                else:
+                    await _send_json(send, response)
+                nursery.cancel_scope.cancel()
+        except* (GatewayError, BackendError) as group:
+            exc = first_leaf(group)
+            headers = exc.headers if isinstance(exc, GatewayError) else ()
+            await _send_json(send, JSONResponse({"error": str(exc)}, exc.status_hint, headers=headers))
         finally:
             if admitted is not None:
                 admitted.release()
-        await _send_json(send, response)
 
 
 class MethodNotAllowed(GatewayError):
@@ -150,7 +156,7 @@ class MethodNotAllowed(GatewayError):
         self.headers = (("allow", ", ".join(allowed)),)
 
 
-async def _stream(response: StreamResponse, receive: Callable, send: Callable) -> None:
+async def _stream(response: StreamResponse, send: Callable) -> None:
     started = False
     try:
         # Opening may still fail with a status (unknown model, nothing can serve): that propagates as JSON.
@@ -158,11 +164,8 @@ async def _stream(response: StreamResponse, receive: Callable, send: Callable) -
             headers = [(b"content-type", response.content_type.encode()), (b"cache-control", b"no-cache")]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             started = True
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
-                async for part in parts:
-                    await send({"type": "http.response.body", "body": part, "more_body": True})
-                nursery.cancel_scope.cancel()
+            async for part in parts:
+                await send({"type": "http.response.body", "body": part, "more_body": True})
     except* (GatewayError, BackendError) as group:
         if not started:
             raise first_leaf(group) from None

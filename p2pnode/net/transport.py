@@ -49,6 +49,7 @@ PEER_PATH = f"/dcn/{PROTOCOL_VERSION}"
 OPEN_NETWORK_KEY = bytes(PSK_BYTES)  # an open network's Noise key: encryption without admission control
 _PROLOGUE = b"dcn-peer-link"
 _TAG_BYTES = 16  # what encryption adds to a message
+SEND_TIMEOUT = 5.0  # seconds one frame may take to go out
 
 
 class CloseCode:
@@ -159,9 +160,17 @@ class PeerLink:
 
     async def _send_raw(self, data: bytes) -> None:
         async with self._send_lock:
-            frame = self._encrypt.encrypt(data)
-            with map_exceptions({ConnectionClosed: PeerUnreachable, trio.BrokenResourceError: PeerUnreachable}):
-                await self._ws.send_message(frame)
+            await trio.lowlevel.checkpoint_if_cancelled()
+            # Encrypting uses up a nonce: the frame must then go out whole, or the peer can decrypt nothing
+            # after it. So a cancel (a job's client left) waits for the frame, but not forever: a peer that
+            # stops reading for SEND_TIMEOUT loses the link.
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + SEND_TIMEOUT) as sending:
+                frame = self._encrypt.encrypt(data)
+                with map_exceptions({ConnectionClosed: PeerUnreachable, trio.BrokenResourceError: PeerUnreachable}):
+                    await self._ws.send_message(frame)
+            if sending.cancelled_caught:
+                self._local_close = self._local_close or CloseCode.TIMEOUT
+                raise PeerUnreachable(f"{short_id(self.peer_id)} stopped reading: link given up")
         self._bytes_sent += len(frame)
         self._sent += 1
 

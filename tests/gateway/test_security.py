@@ -103,7 +103,7 @@ async def test_a_user_runs_at_most_max_concurrent_requests(nursery, tmp_path, fa
     url = await start(nursery, tmp_path, fake, gateway=GatewayConfig(max_concurrent=1))
     fake.faults.latency = 0.05
     async with httpx.AsyncClient(base_url=url, timeout=30, headers=bearer(ann)) as http:
-        body = {"model": MODEL, "messages": QUESTION}
+        body = {"model": MODEL, "messages": QUESTION, "distributed": {"strategy": "route"}}  # streams word by word
         async with http.stream("POST", "/api/chat", json=body) as streaming:
             lines = streaming.aiter_lines()
             await lines.__anext__()
