@@ -57,6 +57,7 @@ _SETTINGS: dict[str, tuple[str, str, type]] = {
 }
 # Tunables only the TOML file sets, one table each.
 _SECTIONS: dict[str, type] = {"gossip": GossipConfig, "peers": PeersConfig, "membership": MembershipConfig}
+_ZERO_OK = frozenset({"rate_per_minute", "max_concurrent", "remote_share", "max_remote_jobs"})  # 0: none/unlimited
 _NODE_SECTIONS: dict[str, type] = {"gateway": GatewayConfig, "jobs": JobsConfig, "attached": AttachedConfig}
 
 
@@ -143,8 +144,11 @@ def _section(kind: type, values: dict[str, Any], name: str) -> Any:
             values[key] = value = float(value)
         if not isinstance(value, expected) or isinstance(value, bool) != (expected is bool):
             raise ConfigError(f"[{name}] {key} must be a {expected.__name__}")
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
-            raise ConfigError(f"[{name}] {key} must be positive")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if key in _ZERO_OK and value < 0:
+                raise ConfigError(f"[{name}] {key} must be 0 or more")
+            if key not in _ZERO_OK and value <= 0:
+                raise ConfigError(f"[{name}] {key} must be positive")
     return kind(**values)
 
 

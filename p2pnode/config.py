@@ -83,11 +83,12 @@ class JobsConfig:
     """What this node runs for peers: its owner's jobs always, others' within these bounds."""
 
     max_remote_jobs: int = 4  # peers' jobs running here at once
-    remote_share: float = 1.0  # at most this share of the backends' slots for other users' jobs
+    remote_share: float = 1.0  # the share of max_remote_jobs that other users' jobs may take
     peer_rate_per_minute: float = 12_000.0  # jobs one peer may start (concurrency caps do the real limiting)
     peer_burst: int = 400
+    owner_peers: tuple[str, ...] = ()  # peer ids of the owner's other nodes: their jobs run as the owner's
     allowed_peers: tuple[str, ...] = ()  # peer ids that may run jobs here; empty: every peer of the network
-    allowed_users: tuple[str, ...] = ()  # users whose jobs run here (the owner always); empty: everybody
+    allowed_users: tuple[str, ...] = ()  # users whose jobs run here (owner_peers' always); empty: everybody
     window: int = 32  # chunks a worker may send ahead of the client's reading
     default_timeout: float = 600.0
 
@@ -111,6 +112,7 @@ class AttachedConfig:
     forget_after: float = 600.0  # then out of the record after this long offline
     max_servers: int = RecordLimits.max_attached
     check_interval: float = 1.0
+    allowed_users: tuple[str, ...] = ()  # who may attach servers here (their jobs come from the whole network)
 
 
 @dataclass(frozen=True)

@@ -36,9 +36,10 @@ from p2pnode.backends.base import ChatChunk, ChatRequest, ModelInfo
 from p2pnode.core import combine
 from p2pnode.core.identity import short_id
 from p2pnode.core.scheduler import NodeView, Scheduler
-from p2pnode.errors import BackendError, BackendRejected, GatewayError, PeerError
+from p2pnode.errors import BackendError, BackendRejected, GatewayError, PeerError, PeerRejected
 from p2pnode.gateway.service import Routing
 from p2pnode.net._errors import first_leaf
+from p2pnode.net.jobs import BUSY
 from p2pnode.workers import Workers
 
 __all__ = ["STRATEGIES", "Coordinator", "CoordinatorConfig", "DistributedOptions"]
@@ -53,6 +54,8 @@ class CoordinatorConfig:
     default_strategy: str = "best"  # the seed's default: every node that has the model answers, the best wins
     default_timeout: float = 600.0
     keepalive_interval: float = 5.0  # while candidates run, an empty chunk this often keeps the client's connection
+    busy_retry_min: float = 0.05  # seconds before asking busy nodes again; doubles each time ...
+    busy_retry_max: float = 1.0  # ... up to this
     max_fanout: int = 16
 
 
@@ -294,12 +297,20 @@ class Coordinator:
 
     async def _failover(self, request: ChatRequest, plan: list[tuple[str, NodeView]], state: _Request,
                         send: trio.MemorySendChannel, produced: list[str], failed: set[str]) -> None:
-        """Serve the request from the best nodes in turn until one finishes, continuing any partial answer."""
+        """Serve the request from the best nodes in turn until one finishes, continuing any partial answer.
+        When every node that could serve it is busy, wait for one (backing off) until the request's deadline."""
         queue = list(plan)
+        busy: set[str] = set()
+        pause = self.config.busy_retry_min
         while True:
             if not queue:  # re-plan: load figures moved, and more nodes may serve the model than were planned
-                queue = [(request.model, n) for n in self.scheduler.candidates(self.workers.nodes(), request.model)
-                         if n.peer_id not in failed]
+                ranked = self.scheduler.candidates(self.workers.nodes(), request.model)
+                queue = [(request.model, n) for n in ranked if n.peer_id not in failed | busy]
+                if not queue and busy and all(n.peer_id in failed | busy for n in ranked):
+                    await trio.sleep(pause)
+                    pause = min(pause * 2, self.config.busy_retry_max)
+                    busy.clear()
+                    continue
                 if not queue:
                     raise state.client_fault() or GatewayError(
                         f"every node that serves {request.model!r} failed", status_hint=503
@@ -307,6 +318,11 @@ class Coordinator:
             model, node = queue.pop(0)
             try:
                 final = await self._stream_from(node, model, request, state, send, produced)
+            except PeerRejected as exc:
+                if exc.code != BUSY:
+                    failed.add(node.peer_id)
+                busy.add(node.peer_id)
+                continue
             except (BackendError, PeerError) as exc:
                 failed.add(node.peer_id)
                 log.info("%s failed %s (%s): failing over", short_id(node.peer_id), "mid-stream" if produced else "before its first token", exc)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import trio
@@ -19,6 +19,7 @@ from p2pnode.backends.select import select_backends
 from p2pnode.config import NodeConfig
 from p2pnode.coordinator import Coordinator, CoordinatorConfig
 from p2pnode.core.identity import Identity
+from p2pnode.core.records import AttachedNode, seal_record
 from p2pnode.core.scheduler import Scheduler
 from p2pnode.gateway import distributed_api, ollama_api, openai_api, openapi, requests_api
 from p2pnode.gateway.app import GatewayApp, serve_gateway
@@ -29,6 +30,8 @@ from p2pnode.net.overlay import Overlay
 from p2pnode.workers import Workers
 
 __all__ = ["Node", "NodeAddresses"]
+
+RECORD_HEADROOM = 512  # bytes
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +50,8 @@ class Node:
         self.identity = identity
         self.compute: LocalCompute | None = None
         self.overlay: Overlay | None = None
-        self.attached = AttachedServers(config.attached, BackendConfig(), on_change=self._changed)
-        self.jobs = Jobs(lambda: self.compute, self.attached, config.jobs, identity=identity, owner=config.user)
+        self.attached = AttachedServers(config.attached, BackendConfig(), on_change=self._changed, fits=self._record_fits)
+        self.jobs = Jobs(lambda: self.compute, self.attached, config.jobs, identity=identity)
         self.workers = Workers(lambda: self.overlay, lambda: self.compute, self.attached, self.jobs, user=config.user)
         self.coordinator = Coordinator(self.workers, Scheduler(), CoordinatorConfig())
         self.guard = Guard(config.data_dir, config.gateway, require_keys=not is_loopback(config.http_host))
@@ -123,6 +126,15 @@ class Node:
             with trio.CancelScope(shield=True):
                 for backend in backends:
                     await backend.aclose()
+
+    def _record_fits(self, attached: tuple[AttachedNode, ...]) -> bool:
+        """Whether our record with these attached servers stays within what peers accept (with room for the
+        load figures, which change size as they change)."""
+        if self.overlay is None:
+            return True
+        record = replace(self.overlay.local_record.record, attached=attached)
+        limit = self.config.overlay.records.max_envelope_bytes - RECORD_HEADROOM
+        return len(seal_record(self.identity, record).envelope) <= limit
 
     def _changed(self) -> None:
         if self.overlay is not None:

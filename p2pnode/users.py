@@ -6,8 +6,9 @@ passwords and here would only add its cost to every request. The file is written
 
     {"version": 1, "users": {"ann": {"sha256": "<64 hex>", "created": 1733350000}}}
 
-Sync and file-based, like :mod:`p2pnode.keystore`: the CLI calls it, and the node loads :class:`UserKeys` once at
-start (before trio runs or through ``trio.to_thread``); the gateway then only calls ``authenticate``.
+Sync and file-based, like :mod:`p2pnode.keystore`: the CLI calls it; the node loads :class:`UserKeys` at start
+and again when ``users.json`` changes (a small local file: read in the event loop, no worker thread); the
+gateway then only calls ``authenticate``.
 """
 
 from __future__ import annotations

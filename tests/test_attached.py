@@ -181,3 +181,21 @@ async def test_a_host_serves_a_bounded_number_of_servers(pair):
                                      json=registration(laptop_url, node_id=f"n{n}"))).status_code == 201
     full = await host_http.post("/api/distributed/register", json=registration(laptop_url, node_id="one-more"))
     assert full.status_code == 409 and "another node" in full.json()["error"]
+
+
+async def test_registrations_that_would_overgrow_the_hosts_record_are_refused(pair):
+    host, host_http, peer, peer_http, laptop_url, fake = pair
+    heavy = ["\U0001f680" * 50 + f"-{i}" for i in range(64)]  # 200+ bytes each: the record's size is in bytes
+    statuses = []
+    for n in range(host.config.attached.max_servers):
+        response = await host_http.post("/api/distributed/register",
+                                        json=registration(laptop_url, node_id=f"big{n}", available_models=heavy))
+        statuses.append(response.status_code)
+    assert 201 in statuses and statuses[-1] == 409
+    accepted = statuses.count(201)
+
+    async def peer_holds_the_host_record() -> bool:
+        nodes = (await peer_http.get("/api/distributed/nodes")).json()["nodes"]
+        return len([n for n in nodes if n.get("attached_to") == host.identity.peer_id]) == accepted
+
+    await eventually(peer_holds_the_host_record, "the peer still accepts the host's record, attached servers and all")

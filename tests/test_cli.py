@@ -348,3 +348,15 @@ def test_a_gateway_beyond_loopback_without_api_keys_exits_2_and_says_what_to_do(
     result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 2
     assert "no API keys" in result.stderr and "dcn-node keys add-user NAME" in result.stderr
+
+
+def test_zero_means_unlimited_where_the_setting_says_so(tmp_path):
+    from p2pnode.errors import ConfigError
+
+    config = tmp_path / "dcn.toml"
+    config.write_text("[gateway]\nrate_per_minute = 0\nmax_concurrent = 0\n[jobs]\nremote_share = 0\n")
+    node, _ = config_for(["--config", str(config)])
+    assert (node.gateway.rate_per_minute, node.gateway.max_concurrent, node.jobs.remote_share) == (0.0, 0, 0.0)
+    config.write_text("[gateway]\nburst = 0\n")
+    with pytest.raises(ConfigError, match="burst must be positive"):
+        config_for(["--config", str(config)])

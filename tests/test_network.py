@@ -4,6 +4,7 @@ fake Ollama. Clients nobody here wrote (the official `ollama` and `openai` packa
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import httpx
@@ -13,7 +14,7 @@ import pytest
 import trio
 
 from p2pnode.backends.llama_process import llama_server
-from p2pnode.config import BackendSpec, NodeConfig
+from p2pnode.config import BackendSpec, JobsConfig, NodeConfig
 from p2pnode.core.identity import Identity
 from p2pnode.gateway.app import serve_gateway
 from p2pnode.node import Node
@@ -41,6 +42,7 @@ async def start_node(nursery, tmp_path, name: str, backends=(), seeds=()) -> Run
     config = NodeConfig(
         data_dir=data_dir, name=name, user="tester", http_host="127.0.0.1", http_port=0, mdns=False,
         backends=tuple(backends), no_backend=not backends, overlay=overlay_config(seeds=tuple(seeds)),
+        jobs=JobsConfig(max_remote_jobs=64),  # generous workers: the tests here are about the coordinator
     )
     node = Node(config, Identity.generate())
     scope = trio.CancelScope()
@@ -221,3 +223,22 @@ async def test_fifty_concurrent_routed_requests_spread_over_the_nodes(network):
     # Both workers take a real share: in-flight counts move at once, so nobody gets everything.
     assert set(counts) == {llama_node.node.identity.peer_id, ollama_node.node.identity.peer_id}
     assert min(counts.values()) >= 10
+
+
+async def test_when_every_node_is_busy_a_request_waits_for_one_instead_of_failing(network):
+    coordinator, llama_node, ollama_node, fake = network
+    for worker in (llama_node, ollama_node):
+        worker.node.jobs.config = dataclasses.replace(worker.node.jobs.config, max_remote_jobs=1)
+    fake.faults.latency = 0.02
+    statuses = []
+
+    async def one(client: httpx.AsyncClient) -> None:
+        response = await client.post("/api/chat", json={"model": MODEL, "messages": QUESTION, "stream": False,
+                                                        "distributed": {"strategy": "route"}})
+        statuses.append(response.status_code)
+
+    async with httpx.AsyncClient(base_url=coordinator.url, timeout=120) as client:
+        async with trio.open_nursery() as nursery:
+            for _ in range(6):  # three times what the two workers take at once
+                nursery.start_soon(one, client)
+    assert statuses == [200] * 6

@@ -12,6 +12,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, replace
+from urllib.parse import urlsplit
 
 import trio
 
@@ -27,9 +28,6 @@ __all__ = ["AttachedServers", "Registration", "StatusUpdate"]
 
 log = logging.getLogger(__name__)
 
-# Attached servers travel in this node's record, which peers refuse above 16 KB: their names and models together
-# get at most this many characters.
-MAX_ATTACHED_CHARS = 6 * 1024
 
 
 @dataclass(frozen=True)
@@ -62,33 +60,39 @@ class _Server:
     backend: OllamaBackend
     tracker: LoadTracker
     heard_at: float  # trio time of the registration or last heartbeat
-    reported_status: NodeStatus  # what the server last said; ``node.status`` also reflects silence
 
 
 class AttachedServers:
-    def __init__(self, config: AttachedConfig, backend_config: BackendConfig, *, on_change: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        config: AttachedConfig,
+        backend_config: BackendConfig,
+        *,
+        on_change: Callable[[], None],
+        fits: Callable[[tuple[AttachedNode, ...]], bool] = lambda attached: True,
+    ) -> None:
         self.config = config
         self._backend_config = backend_config
         self._on_change = on_change
+        self._fits = fits  # whether our record, with these attached servers in it, is one peers accept
         self._servers: dict[str, _Server] = {}
-        self._retired: list[OllamaBackend] = []
+        self._retired: list[_Server] = []  # removed; their HTTP clients close once their last job ends
 
     def __len__(self) -> int:
         return len(self._servers)
 
     def get(self, node_id: str) -> AttachedNode | None:
         server = self._servers.get(node_id)
-        return server.node if server else None
+        return _view(server) if server else None
 
     def nodes(self) -> tuple[AttachedNode, ...]:
         """As gossiped in our record, with our own count of the jobs we run on each."""
-        return tuple(
-            replace(s.node, active_tasks=s.tracker.active, current_load=max(s.node.current_load, s.tracker.load))
-            for s in sorted(self._servers.values(), key=lambda s: s.node.node_id)
-        )
+        return tuple(_view(s) for s in sorted(self._servers.values(), key=lambda s: s.node.node_id))
 
     def register(self, registration: Registration, *, user: str) -> AttachedNode:
         """Attach (or re-attach) a server for ``user``; another user's node id is refused with 403."""
+        if self.config.allowed_users and user not in self.config.allowed_users:
+            raise GatewayError("this node's owner does not let you attach servers to it", status_hint=403)
         existing = self._servers.get(registration.node_id)
         if existing is not None:
             self._check_owner(existing, user)
@@ -97,23 +101,23 @@ class AttachedServers:
                 f"this node already serves {self.config.max_servers} attached servers; register with another node",
                 status_hint=409,
             )
-        self._check_room(registration.node_id, registration.name, registration.models)
         node = AttachedNode(
             node_id=registration.node_id, name=registration.name or registration.node_id, user_id=user,
             models=registration.models, gpu_count=registration.gpu_count, gpu_memory=registration.gpu_memory,
             cpu_cores=registration.cpu_cores,
         )
+        self._check_room(node)
         if existing is not None and existing.backend.url == registration.url.rstrip("/"):
-            existing.node, existing.heard_at, existing.reported_status = node, trio.current_time(), NodeStatus.ONLINE
+            existing.node, existing.heard_at = node, trio.current_time()
         else:
             if existing is not None:
                 self._discard(registration.node_id)
             self._servers[node.node_id] = _Server(
                 node, OllamaBackend(registration.url, self._backend_config), LoadTracker(capacity=1),
-                trio.current_time(), NodeStatus.ONLINE,
+                trio.current_time(),
             )
-        log.info("attached server %s (%s) at %s for user %s: %s", node.node_id, node.name, registration.url, user,
-                 ", ".join(node.models) or "no models")
+        log.info("attached server %s (%s) at %s for user %s: %s", node.node_id, node.name,
+                 _without_credentials(registration.url), user, ", ".join(node.models) or "no models")
         self._on_change()
         return node
 
@@ -121,13 +125,13 @@ class AttachedServers:
         server = self._owned(node_id, user)
         node = server.node
         if update.models is not None:
-            self._check_room(node_id, node.name, update.models)
             node = replace(node, models=update.models)
+            self._check_room(node)
         if update.current_load is not None:
             node = replace(node, current_load=update.current_load)
         if update.response_time is not None:
             node = replace(node, response_time=update.response_time)
-        server.node, server.heard_at, server.reported_status = replace(node, status=update.status), trio.current_time(), update.status
+        server.node, server.heard_at = replace(node, status=update.status), trio.current_time()
         self._on_change()
         return server.node
 
@@ -137,12 +141,14 @@ class AttachedServers:
         log.info("attached server %s removed by user %s", node_id, user)
         self._on_change()
 
-    def _check_room(self, node_id: str, name: str, models: tuple[str, ...]) -> None:
-        others = sum(_size(s.node.name, s.node.models) for s in self._servers.values() if s.node.node_id != node_id)
-        if others + _size(name, models) > MAX_ATTACHED_CHARS:
+    def _check_room(self, node: AttachedNode) -> None:
+        """Attached servers travel in this node's record, which peers refuse above a size: check it would fit."""
+        attached = tuple(sorted({**{n.node_id: n for n in self.nodes()}, node.node_id: node}.values(),
+                                key=lambda n: n.node_id))
+        if not self._fits(attached):
             raise GatewayError(
-                f"the attached servers' names and models would exceed {MAX_ATTACHED_CHARS} characters in this "
-                "node's record: list fewer models, or register with another node", status_hint=409,
+                "this node's record would grow beyond what peers accept: list fewer models, use shorter names, "
+                "or register with another node", status_hint=409,
             )
 
     def _owned(self, node_id: str, user: str) -> _Server:
@@ -158,8 +164,8 @@ class AttachedServers:
             raise GatewayError(f"attached server {server.node.node_id!r} belongs to another user", status_hint=403)
 
     def _discard(self, node_id: str) -> None:
-        # Its HTTP client is closed by run(), outside this synchronous call; jobs still on it fail over.
-        self._retired.append(self._servers.pop(node_id).backend)
+        # Its HTTP client is closed by run(), outside this synchronous call, once no job uses it any more.
+        self._retired.append(self._servers.pop(node_id))
 
     # ---- time ----------------------------------------------------------------------------------------------
 
@@ -185,12 +191,13 @@ class AttachedServers:
             while True:
                 await trio.sleep(self.config.check_interval)
                 self.expire(trio.current_time())
-                while self._retired:
-                    await self._retired.pop().aclose()
+                for server in [s for s in self._retired if not s.tracker.active]:
+                    self._retired.remove(server)
+                    await server.backend.aclose()
         finally:
             with trio.CancelScope(shield=True):
-                for backend in [*self._retired, *(s.backend for s in self._servers.values())]:
-                    await backend.aclose()
+                for server in [*self._retired, *self._servers.values()]:
+                    await server.backend.aclose()
 
     # ---- jobs ----------------------------------------------------------------------------------------------
 
@@ -202,5 +209,12 @@ class AttachedServers:
         return tracked_chat(server.backend.open_chat(request), server.tracker, lambda: None)
 
 
-def _size(name: str, models: tuple[str, ...]) -> int:
-    return len(name) + sum(len(m) for m in models)
+
+def _view(server: _Server) -> AttachedNode:
+    return replace(server.node, active_tasks=server.tracker.active,
+                   current_load=max(server.node.current_load, server.tracker.load))
+
+
+def _without_credentials(url: str) -> str:
+    parts = urlsplit(url)
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()

@@ -188,18 +188,24 @@ class Backend(abc.ABC):
     @asynccontextmanager
     async def _open_lines(self, path: str, body: dict[str, Any], deadline: float) -> AsyncIterator[AsyncIterator[str]]:
         """POST ``body`` and yield the response's lines; the whole exchange ends by ``deadline``."""
+        # A whole answer (not streamed) sends nothing until it is done: only the call's deadline bounds it.
+        read = self.config.read_timeout if body.get("stream", True) else max(1.0, deadline - trio.current_time())
         with translate_http_errors(self), trio.fail_at(deadline):
-            async with _retrying_stream(self._client, path, body) as response:
+            async with _retrying_stream(self._client, path, body, read) as response:
                 await _raise_for_status(response, self)
                 async with aclosing(_bounded_lines(response, self)) as lines:
                     yield lines
 
 
 @asynccontextmanager
-async def _retrying_stream(client: httpx.AsyncClient, path: str, body: dict[str, Any]) -> AsyncIterator[httpx.Response]:
+async def _retrying_stream(
+    client: httpx.AsyncClient, path: str, body: dict[str, Any], read_timeout: float
+) -> AsyncIterator[httpx.Response]:
     """POST and open the response, once more if a pooled connection turned out closed before any reply byte:
     the server never saw that request, so sending it again cannot run it twice."""
-    request = client.build_request("POST", path, json=body)
+    base = client.timeout
+    timeout = httpx.Timeout(connect=base.connect, read=read_timeout, write=base.write, pool=base.pool)
+    request = client.build_request("POST", path, json=body, timeout=timeout)
     try:
         response = await client.send(request, stream=True)
     except httpx.RemoteProtocolError:

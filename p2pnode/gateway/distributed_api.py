@@ -10,7 +10,7 @@ from typing import Any
 
 from p2pnode.backends.attached import AttachedServers, Registration, StatusUpdate
 from p2pnode.core.membership import Member, Membership, MemberState, network_stats
-from p2pnode.core.records import DEFAULT_LIMITS, AttachedNode, NodeRecord, NodeStatus
+from p2pnode.core.records import DEFAULT_LIMITS, AttachedNode, NodeRecord, NodeStatus, attached_id
 from p2pnode.errors import GatewayError
 from p2pnode.gateway.app import GatewayApp, JSONResponse, Request
 
@@ -77,6 +77,7 @@ def attached_view(node: AttachedNode, host: str, status: str, last_seen: float) 
         "response_time": node.response_time,
         "last_seen": round(last_seen, 3),
         "attached_to": host,
+        "network_id": attached_id(host, node.node_id),  # unique network-wide; answers' metadata names it so
         "self": False,
     }
 

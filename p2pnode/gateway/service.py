@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 from p2pnode.backends.base import ChatChunk, ChatRequest, ModelInfo
 
-__all__ = ["ChatService", "Routing", "collect"]
+__all__ = ["ChatService", "Routing"]
 
 
 @dataclass(frozen=True)
@@ -36,12 +36,3 @@ class ChatService(Protocol):
     async def complete(self, request: ChatRequest, routing: Routing | None = None) -> tuple[str, ChatChunk]:
         """The whole text, and the last chunk (reason, counters, metadata)."""
 
-
-async def collect(chunks: AsyncIterator[ChatChunk]) -> tuple[str, ChatChunk]:
-    """Read a chat's chunks to the end: the whole text, and the last chunk."""
-    parts: list[str] = []
-    last = ChatChunk()
-    async for chunk in chunks:
-        parts.append(chunk.content)
-        last = chunk
-    return "".join(parts), last

@@ -5,13 +5,14 @@ Jobs are multiplexed on the one link per peer. Flow control is per job, by credi
 ``window`` chunks ahead of what the client has consumed, and the client grants more as it reads. So a slow
 consumer holds back only its own job; the link's reader never blocks, and other jobs keep flowing.
 
-A worker admits jobs by its own policy (:class:`JobsConfig`): its owner's jobs always; others' only from the
-allowed peers and users, at most ``peer_rate_per_minute`` per peer, ``max_remote_jobs`` and ``remote_share`` of
-the slots at once, and none while the backends are full. A refused job ends at once with a status (403 not
-allowed, 429 busy or rate limited) instead of queueing. Every job is signed by its coordinator, who vouches for
-the user it names; an unsigned or mis-signed job is refused (403). A client
-that leaves a job early sends a cancel, and the worker closes the backend stream; a link that dies ends every job
-on it, on both sides.
+A worker admits jobs by its own policy (:class:`JobsConfig`): its owner's (those from ``owner_peers``, the
+owner's other machines: a user name alone proves nothing) always; others' only from the allowed peers and users,
+at most ``peer_rate_per_minute`` per peer, ``remote_share`` of ``max_remote_jobs`` at once, and none while the
+owner's own jobs fill the backends (beyond that, the backend queues them). A refused job ends at once with a
+status (403 not allowed, 429 busy or rate limited) instead of queueing. Every job is signed by its coordinator,
+who vouches for the user it names; an unsigned or mis-signed job is refused (403). A client that leaves a job
+early sends a cancel, and the worker closes the backend stream; a link that dies ends every job on it, on both
+sides.
 """
 
 from __future__ import annotations
@@ -77,14 +78,13 @@ class Jobs:
         config: JobsConfig,
         *,
         identity: Identity,
-        owner: str,
     ) -> None:
         self._compute = compute
         self._identity = identity
         self._rates = KeyedLimiter(config.peer_rate_per_minute / 60, config.peer_burst, max_keys=4096)
         self._attached = attached
         self.config = config
-        self.owner = owner  # the user this node serves first
+        self._warned: set[str] = set()  # peers whose unsigned jobs were logged (once each)
         self._served: dict[tuple[int, int], _Served] = {}  # (id(link), job) -> running here for a peer
         self._opened: dict[tuple[int, int], trio.MemorySendChannel] = {}  # (id(link), job) -> ours, there: its inbox
         self._numbers = itertools.count(1)
@@ -142,28 +142,35 @@ class Jobs:
     # ---- worker side ---------------------------------------------------------------------------------------
 
     def _admit(self, link: PeerLink, job: JobOpen) -> None:
+        key = (id(link), job.job)
+        if key in self._served:
+            raise DecodeError(f"job {job.job} is already running on this link")
         compute = self._compute()
         cfg = self.config
-        others = job.user != self.owner
+        others = link.peer_id not in cfg.owner_peers
         refusal = None
-        if not _vouched(link.peer_id, self._identity.peer_id, job):
-            log.warning("job %d from %s carries no valid signature: refused", job.job, short_id(link.peer_id))
+        if wait := self._rates.take(link.peer_id, trio.current_time()):
+            refusal = (BUSY, f"rate limited: too many jobs from your node, retry in {wait:.1f} s")
+        elif not _vouched(link.peer_id, self._identity.peer_id, job):
+            if link.peer_id not in self._warned:
+                self._warned.add(link.peer_id)
+                log.warning("job from %s carries no valid signature: refused", short_id(link.peer_id))
             refusal = (403, "the job is not signed by the node that sent it")
-        elif cfg.allowed_peers and link.peer_id not in cfg.allowed_peers:
+        elif cfg.allowed_peers and link.peer_id not in cfg.allowed_peers and others:
             refusal = (403, "this node runs jobs only for the peers its owner chose")
         elif others and cfg.allowed_users and job.user not in cfg.allowed_users:
             refusal = (403, f"this node does not run jobs for user {job.user!r}")
-        elif wait := self._rates.take(link.peer_id, trio.current_time()):
-            refusal = (BUSY, f"rate limited: too many jobs from your node, retry in {wait:.1f} s")
         elif job.target:
             attached = self._attached.get(job.target)
             if attached is None or job.model not in attached.models or attached.status is not NodeStatus.ONLINE:
                 refusal = (404, f"attached server {job.target!r} does not serve {job.model!r} now")
+            elif attached.active_tasks >= cfg.max_remote_jobs:
+                refusal = (BUSY, f"busy: attached server {job.target!r} runs {attached.active_tasks} jobs")
         elif compute is None or not compute.serves(job.model):
             refusal = (404, f"model {job.model!r} is not served by this node")
         elif others and (
-            self._others_running() >= min(cfg.max_remote_jobs, math.ceil(cfg.remote_share * compute.tracker.capacity))
-            or compute.tracker.active >= compute.tracker.capacity
+            self._others_running() >= math.ceil(cfg.remote_share * cfg.max_remote_jobs)
+            or compute.tracker.active - self._others_running() >= compute.tracker.capacity
         ):
             refusal = (BUSY, "busy: this node's capacity is taken")
         if refusal is not None or self._nursery is None:
@@ -175,7 +182,7 @@ class Jobs:
             trio.Semaphore(job.window, max_value=job.window),
             others=others and not job.target,
         )
-        self._served[(id(link), job.job)] = served
+        self._served[key] = served
         self._nursery.start_soon(self._serve, link, job, served)
 
     async def _serve(self, link: PeerLink, job: JobOpen, served: _Served) -> None:
@@ -192,13 +199,14 @@ class Jobs:
                         opened = self._compute().open_chat(request)
                     async with opened as chunks:
                         async for chunk in chunks:
-                            if chunk.done:
+                            pieces = _pieces(chunk.content) if chunk.content else []
+                            last = pieces.pop() if chunk.done and pieces else ""
+                            for piece in pieces:
+                                await served.credit.acquire()
+                                await link.send_ordered(JobChunk(job.job, piece))
+                            if chunk.done:  # its last piece rides in the JobEnd: a whole answer is one message
                                 end = JobEnd(job.job, chunk.done_reason or "stop", chunk.prompt_tokens or 0,
-                                             chunk.completion_tokens or 0, 0, "", chunk.content)
-                            elif chunk.content:
-                                for piece in _pieces(chunk.content):
-                                    await served.credit.acquire()
-                                    await link.send_ordered(JobChunk(job.job, piece))
+                                             chunk.completion_tokens or 0, 0, "", last)
                 except BackendError as exc:
                     end = JobEnd(job.job, "", 0, 0, getattr(exc, "status_hint", 502), str(exc)[:1000])
             if served.scope.cancelled_caught and end.status == 499 and trio.current_time() >= served.scope.deadline:
@@ -208,7 +216,7 @@ class Jobs:
         except PeerError:
             pass  # the coordinator is gone: nobody to tell
         finally:
-            del self._served[(id(link), job.job)]
+            del self._served[(id(link), job.job)]  # ours: a second JobOpen with this number was refused
             log.debug("job %d for %s ended: status %d", job.job, short_id(link.peer_id), end.status)
 
     # ---- client side ---------------------------------------------------------------------------------------

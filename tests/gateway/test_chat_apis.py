@@ -15,7 +15,6 @@ from p2pnode.backends.ollama import OllamaBackend
 from p2pnode.backends.resources import Resources
 from p2pnode.gateway import ollama_api, openai_api
 from p2pnode.gateway.app import GatewayApp, serve_gateway
-from p2pnode.gateway.service import collect
 from p2pnode.testing.fake_ollama import FakeModel, FakeOllama
 
 pytestmark = pytest.mark.slow
@@ -41,7 +40,8 @@ class LocalService:
 
     async def complete(self, request, routing=None):
         async with self.open_chat(request) as chunks:
-            return await collect(chunks)
+            parts = [chunk async for chunk in chunks]
+        return "".join(c.content for c in parts), parts[-1]
 
 
 @pytest.fixture

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import trio
 
@@ -12,6 +14,7 @@ from p2pnode.backends.ollama import OllamaBackend
 from p2pnode.backends.resources import Resources
 from p2pnode.config import AttachedConfig, JobsConfig
 from p2pnode.core.identity import Identity
+from p2pnode.core.wire import JobOpen, job_transcript
 from p2pnode.errors import BackendRejected, PeerRejected, PeerUnreachable
 from p2pnode.gateway.app import serve_gateway
 from p2pnode.net.jobs import Jobs
@@ -30,8 +33,8 @@ async def start_pair(nursery, *, worker_jobs: JobsConfig = JobsConfig(), paralle
     compute = LocalCompute([OllamaBackend(url, BackendConfig(parallel=parallel))], Resources(2, 1, 0, 0, "none"), ComputeConfig())
     await compute.refresh()
     worker_id, coordinator_id = Identity.generate(), Identity.generate()
-    worker_jobs_service = Jobs(lambda: compute, no_attached(), worker_jobs, identity=worker_id, owner="worker-owner")
-    coordinator_jobs = Jobs(lambda: None, no_attached(), JobsConfig(window=4), identity=coordinator_id, owner="alice")
+    worker_jobs_service = Jobs(lambda: compute, no_attached(), worker_jobs, identity=worker_id)
+    coordinator_jobs = Jobs(lambda: None, no_attached(), JobsConfig(window=4), identity=coordinator_id)
     await nursery.start(worker_jobs_service.run)
     await nursery.start(coordinator_jobs.run)
     net = Network(nursery)
@@ -133,9 +136,13 @@ async def test_a_worker_runs_jobs_only_for_the_peers_and_users_its_owner_allows(
     assert (await refused(jobs, link)).code == 403
     fake, served, jobs, link, _ = await start_pair(nursery, worker_jobs=JobsConfig(allowed_users=("bob",)))
     assert (await refused(jobs, link, user="alice")).code == 403
-    for user in ("bob", "worker-owner"):  # an allowed user, and the owner, who is always allowed
-        async with jobs.open_remote_chat(link, ask(), user=user) as stream:
-            assert "".join([c.content async for c in stream]) == ANSWER
+    async with jobs.open_remote_chat(link, ask(), user="bob") as stream:
+        assert "".join([c.content async for c in stream]) == ANSWER
+    # Naming the owner proves nothing; one of the owner's own nodes (by peer id) runs anything.
+    assert (await refused(jobs, link, user="worker-owner")).code == 403
+    served.config = replace(served.config, owner_peers=(jobs._identity.peer_id,))
+    async with jobs.open_remote_chat(link, ask(), user="alice") as stream:
+        assert "".join([c.content async for c in stream]) == ANSWER
 
 
 async def test_a_peer_over_its_job_rate_is_told_to_slow_down(nursery):
@@ -148,7 +155,7 @@ async def test_a_peer_over_its_job_rate_is_told_to_slow_down(nursery):
 
 
 async def test_others_get_only_the_share_of_slots_the_owner_grants(nursery):
-    # 4 backend slots, half for others: the third concurrent job of another user is refused, the owner's is not.
+    # 4 remote jobs at most, half for others: the third concurrent job of another user is refused, the owner's is not.
     fake, served, jobs, link, _ = await start_pair(nursery, worker_jobs=JobsConfig(remote_share=0.5), parallel=4)
     fake.faults.latency = 0.05
     async with jobs.open_remote_chat(link, ask(), user="alice") as one, \
@@ -156,13 +163,31 @@ async def test_others_get_only_the_share_of_slots_the_owner_grants(nursery):
         await one.__anext__()
         await two.__anext__()
         assert (await refused(jobs, link)).code == 429
-        async with jobs.open_remote_chat(link, ask(), user="worker-owner") as owners:
+        served.config = replace(served.config, owner_peers=(jobs._identity.peer_id,))  # now it is the owner's node
+        async with jobs.open_remote_chat(link, ask(), user="alice") as owners:
             assert "".join([c.content async for c in owners]) == ANSWER
 
 
 async def test_a_job_its_coordinator_did_not_sign_is_refused(nursery):
     fake, served, jobs, link, worker = await start_pair(nursery)
     jobs._identity = Identity.generate()  # signs with a key that is not the link's peer
-    rejection = await refused(jobs, link, user="worker-owner")
+    rejection = await refused(jobs, link)
     assert rejection.code == 403 and "not signed" in str(rejection)
     assert not [path for path, _ in fake.requests if path == "/api/chat"]
+
+
+async def test_a_job_number_used_twice_on_one_link_ends_that_link_and_the_worker_keeps_serving(nursery, caplog):
+    fake, served, jobs, link, worker = await start_pair(nursery)
+    fake.faults.latency = 0.05
+    with pytest.raises(PeerUnreachable):
+        async with jobs.open_remote_chat(link, ask(), user="alice") as stream:
+            await stream.__anext__()
+            number = max(n for _, n in served._served)
+            again = JobOpen(number, "tiny:1b", ({"role": "user", "content": "count"},), {}, 30.0, "alice", 8, "", True)
+            await link.send_ordered(replace(again, signature=jobs._identity.sign(job_transcript(worker.peer_id, again))))
+            async for _ in stream:
+                pass
+    assert "already running on this link" in caplog.text
+    with trio.fail_after(10):
+        while served.remote_jobs or not worker.overlay.linked_peers:  # the job ended; the peers link again
+            await trio.sleep(0.01)
