@@ -101,7 +101,7 @@ async def serve_fakes(count: int, slots: int | None, service_ms: float) -> None:
 # so that whatever their defaults become, they never decide these figures.
 UNLIMITED = {
     "GatewayConfig": ("gateway", {"rate_per_minute": 1e9, "burst": 10**9, "max_concurrent": 10**9}),
-    "JobsConfig": ("jobs", {"peer_rate_per_minute": 1e9, "peer_burst": 10**9}),
+    "JobsConfig": ("jobs", {"peer_rate_per_minute": 1e9, "peer_burst": 10**9, "max_remote_jobs": 10**6}),
 }
 
 
