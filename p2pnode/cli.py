@@ -302,7 +302,8 @@ def main(argv: list[str] | None = None) -> None:
             from p2pnode import cli_views
 
             url = args.http_url or _local_gateway(_data_dir(args, environ))
-            code = cli_views.show(args.command, url, as_json=args.json, api_key=args.api_key or environ.get("DCN_API_KEY"))
+            api_key = args.api_key or environ.get("DCN_API_KEY")
+            code = cli_views.show(args.command, url, as_json=args.json, api_key=api_key)
     except ConfigError as exc:
         print(f"dcn-node: error: {exc}", file=sys.stderr)
         code = 2

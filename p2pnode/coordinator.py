@@ -205,7 +205,9 @@ class Coordinator:
             del self._running[state.id]
 
     @asynccontextmanager
-    async def _open(self, request: ChatRequest, options: DistributedOptions, state: _Request) -> AsyncIterator[AsyncIterator[ChatChunk]]:
+    async def _open(
+        self, request: ChatRequest, options: DistributedOptions, state: _Request
+    ) -> AsyncIterator[AsyncIterator[ChatChunk]]:
         send, receive = trio.open_memory_channel[ChatChunk | BaseException](16)
         with self._registered(state):
             try:
@@ -428,7 +430,8 @@ class Coordinator:
             parts: list[str] = []
             ttft = None
             try:
-                async with self.workers.open_on(attempt.node, replace(request, model=attempt.model), user=state.user) as chunks:
+                opened = self.workers.open_on(attempt.node, replace(request, model=attempt.model), user=state.user)
+                async with opened as chunks:
                     async for chunk in chunks:
                         if chunk.content and ttft is None:
                             ttft = (time.perf_counter() - attempt.started) * 1000

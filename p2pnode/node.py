@@ -50,7 +50,9 @@ class Node:
         self.identity = identity
         self.compute: LocalCompute | None = None
         self.overlay: Overlay | None = None
-        self.attached = AttachedServers(config.attached, BackendConfig(), on_change=self._changed, fits=self._record_fits)
+        self.attached = AttachedServers(
+            config.attached, BackendConfig(), on_change=self._changed, fits=self._record_fits
+        )
         self.jobs = Jobs(lambda: self.compute, self.attached, config.jobs, identity=identity)
         self.workers = Workers(lambda: self.overlay, lambda: self.compute, self.attached, self.jobs, user=config.user)
         self.coordinator = Coordinator(self.workers, Scheduler(), CoordinatorConfig())

@@ -112,7 +112,8 @@ class GatewayApp:
                 return handler, params
             allowed = True
         if allowed:
-            raise MethodNotAllowed(method, path, sorted({m for m, p, _ in self._routes if _match_segments(p, segments) is not None}))
+            methods = {m for m, pattern, _ in self._routes if _match_segments(pattern, segments) is not None}
+            raise MethodNotAllowed(method, path, sorted(methods))
         raise GatewayError(f"no such endpoint: {path}", status_hint=404)
 
     async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:

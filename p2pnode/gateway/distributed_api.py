@@ -152,7 +152,8 @@ def _object(body: Any) -> dict[str, Any]:
 def _text(body: dict[str, Any], field: str) -> str:
     value = body.get(field, "")
     if not isinstance(value, str) or len(value) > DEFAULT_LIMITS.max_text_chars:
-        raise GatewayError(f"{field} must be a string of at most {DEFAULT_LIMITS.max_text_chars} characters", status_hint=400)
+        limit = DEFAULT_LIMITS.max_text_chars
+        raise GatewayError(f"{field} must be a string of at most {limit} characters", status_hint=400)
     return value
 
 

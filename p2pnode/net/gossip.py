@@ -134,7 +134,8 @@ class Gossip:
                     newcomer = statement.record.peer_id
                     if self.membership.get(newcomer) is None and newcomer != self.identity.peer_id:
                         if self._introductions.take(source, mono):
-                            raise Overrun(f"introduces new peers faster than {self.config.gossip.new_peers_per_minute:g}/min")
+                            rate = self.config.gossip.new_peers_per_minute
+                            raise Overrun(f"introduces new peers faster than {rate:g}/min")
                     # Records only: a notice may arrive before its target's record, and must count then.
                     self._remember(digest)
                     outcome = self.membership.apply_record(statement, mono)
