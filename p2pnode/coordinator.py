@@ -320,10 +320,9 @@ class Coordinator:
             model, node = queue.pop(0)
             try:
                 final = await self._stream_from(node, model, request, state, send, produced)
-            except PeerRejected as exc:
-                if exc.code != BUSY:
-                    failed.add(node.peer_id)
-                busy.add(node.peer_id)
+            except PeerRejected as exc:  # busy: ask again later; refused: never
+                (busy if exc.code == BUSY else failed).add(node.peer_id)
+                log.debug("%s refused the job (%s)", short_id(node.peer_id), exc)
                 continue
             except (BackendError, PeerError) as exc:
                 failed.add(node.peer_id)
