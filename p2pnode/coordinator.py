@@ -260,7 +260,8 @@ class Coordinator:
     # ---- streaming strategies ------------------------------------------------------------------------------
 
     async def _stream_from(self, node: NodeView, model: str, request: ChatRequest, state: _Request,
-                           send: trio.MemorySendChannel, produced: list[str], *, on_first: Callable[[], None] | None = None) -> ChatChunk:
+                           send: trio.MemorySendChannel, produced: list[str], *, on_first: Callable[[], None] | None = None,
+                           lost: Callable[[], bool] = lambda: False) -> ChatChunk:
         """Stream one node's answer to the client, appending to ``produced``; returns the final chunk."""
         attempt = _Attempt(node, model, time.perf_counter())
         state.attempts.append(attempt)
@@ -288,14 +289,17 @@ class Coordinator:
         except BaseException as exc:
             attempt.outcome = "cancelled" if isinstance(exc, trio.Cancelled) else "error"
             attempt.error = exc
+            if _is_busy(exc):  # asked again later: not a failure, and not a candidate in the answer's metadata
+                attempt.outcome = "busy"
+                state.attempts.remove(attempt)
             raise
         finally:
             attempt.latency_ms = (time.perf_counter() - attempt.started) * 1000
-            if ttft is None and attempt.outcome == "cancelled":
-                # Waited this long without a token (a hedge beat it): a lower bound, but leaving it out would
+            if ttft is None and attempt.outcome == "cancelled" and lost():
+                # Waited this long without a token when a rival won: a lower bound, but leaving it out would
                 # keep the slow cases out of the p95 that decides when to hedge.
                 ttft = attempt.latency_ms
-            self.scheduler.finished(node.peer_id, ttft_ms=ttft, ok=attempt.outcome == "ok")
+            self.scheduler.finished(node.peer_id, ttft_ms=ttft, ok=attempt.outcome in ("ok", "busy"))
 
     async def _failover(self, request: ChatRequest, plan: list[tuple[str, NodeView]], state: _Request,
                         send: trio.MemorySendChannel, produced: list[str], failed: set[str]) -> None:
@@ -321,7 +325,7 @@ class Coordinator:
             try:
                 final = await self._stream_from(node, model, request, state, send, produced)
             except PeerRejected as exc:  # busy: ask again later; refused: never
-                (busy if exc.code == BUSY else failed).add(node.peer_id)
+                (busy if _is_busy(exc) else failed).add(node.peer_id)
                 log.debug("%s refused the job (%s)", short_id(node.peer_id), exc)
                 continue
             except (BackendError, PeerError) as exc:
@@ -359,13 +363,15 @@ class Coordinator:
 
             with scopes[node.peer_id]:
                 try:
-                    final = await self._stream_from(node, model, request, state, gate, own, on_first=claim)
+                    final = await self._stream_from(node, model, request, state, gate, own, on_first=claim,
+                                                    lost=lambda: won.is_set() and not gate.owner)
                     claim()  # an answer without any token wins if nobody spoke first
                     if gate.owner:
                         result["final"] = final
                         produced.extend(own)
-                except (BackendError, PeerError):
-                    failed.add(node.peer_id)
+                except (BackendError, PeerError) as exc:
+                    if not _is_busy(exc):  # a busy racer may still take the request when _failover asks again
+                        failed.add(node.peer_id)
                     if gate.owner:  # the winner died mid-stream: the rest continues elsewhere
                         produced.extend(own)
                         nursery.cancel_scope.cancel()
@@ -505,6 +511,10 @@ class Coordinator:
         aggregator = self._strongest(set(), request.model)
         plan = [(request.model, aggregator)] if aggregator else []
         await self._failover(fused, plan, state, send, [], set())
+
+
+def _is_busy(exc: BaseException) -> bool:
+    return isinstance(exc, PeerRejected) and exc.code == BUSY
 
 
 class _Collector:

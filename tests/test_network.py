@@ -236,6 +236,8 @@ async def test_when_every_node_is_busy_a_request_waits_for_one_instead_of_failin
         response = await client.post("/api/chat", json={"model": MODEL, "messages": QUESTION, "stream": False,
                                                         "distributed": {"strategy": "route"}})
         statuses.append(response.status_code)
+        # Busy refusals are asked again, not listed as failed candidates.
+        assert {c["outcome"] for c in response.json()["distributed"]["candidates"]} == {"ok"}
 
     async with httpx.AsyncClient(base_url=coordinator.url, timeout=120) as client:
         async with trio.open_nursery() as nursery:

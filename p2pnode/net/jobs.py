@@ -148,6 +148,7 @@ class Jobs:
         compute = self._compute()
         cfg = self.config
         others = link.peer_id not in cfg.owner_peers
+        share = math.ceil(cfg.remote_share * cfg.max_remote_jobs)  # others' jobs at once
         refusal = None
         if wait := self._rates.take(link.peer_id, trio.current_time()):
             refusal = (BUSY, f"rate limited: too many jobs from your node, retry in {wait:.1f} s")
@@ -160,17 +161,18 @@ class Jobs:
             refusal = (403, "this node runs jobs only for the peers its owner chose")
         elif others and cfg.allowed_users and job.user not in cfg.allowed_users:
             refusal = (403, f"this node does not run jobs for user {job.user!r}")
+        elif others and share == 0:  # a refusal that will not pass: 403, so nobody waits for it (429 is "later")
+            refusal = (403, "this node runs no jobs for other users")
         elif job.target:
             attached = self._attached.get(job.target)
             if attached is None or job.model not in attached.models or attached.status is not NodeStatus.ONLINE:
                 refusal = (404, f"attached server {job.target!r} does not serve {job.model!r} now")
-            elif attached.active_tasks >= cfg.max_remote_jobs:
+            elif others and attached.active_tasks >= share:
                 refusal = (BUSY, f"busy: attached server {job.target!r} runs {attached.active_tasks} jobs")
         elif compute is None or not compute.serves(job.model):
             refusal = (404, f"model {job.model!r} is not served by this node")
         elif others and (
-            self._others_running() >= math.ceil(cfg.remote_share * cfg.max_remote_jobs)
-            or compute.tracker.active - self._others_running() >= compute.tracker.capacity
+            self._others_running() >= share or compute.tracker.active - self._others_running() >= compute.tracker.capacity
         ):
             refusal = (BUSY, "busy: this node's capacity is taken")
         if refusal is not None or self._nursery is None:

@@ -112,6 +112,7 @@ class PeerLink:
         # Messages handed to the outbox and not yet written (a handed-off one may not show in the channel's
         # buffer): while any are, a direct send_ordered would overtake them.
         self._queued = 0
+        self._broken = False  # a send was cut short after encrypting: the link cannot go on
         self.remote_address = _endpoint(ws)
         self._local_close: int | None = None  # the code we closed with, if we closed first
         self.last_received = trio.current_time()  # any message proves the peer alive
@@ -161,15 +162,20 @@ class PeerLink:
     async def _send_raw(self, data: bytes) -> None:
         async with self._send_lock:
             await trio.lowlevel.checkpoint_if_cancelled()
+            if self._broken:
+                raise PeerUnreachable(f"link to {short_id(self.peer_id)} is broken")
             # Encrypting uses up a nonce: the frame must then go out whole, or the peer can decrypt nothing
-            # after it. So a cancel (a job's client left) waits for the frame, but not forever: a peer that
-            # stops reading for SEND_TIMEOUT loses the link.
-            with trio.CancelScope(shield=True, deadline=trio.current_time() + SEND_TIMEOUT) as sending:
+            # after it. So a cancel (a job's client left) waits for the frame, but not beyond the caller's own
+            # deadline or SEND_TIMEOUT: then the link is given up.
+            deadline = min(trio.current_time() + SEND_TIMEOUT, trio.current_effective_deadline())
+            with trio.CancelScope(shield=True, deadline=deadline) as sending:
                 frame = self._encrypt.encrypt(data)
                 with map_exceptions({ConnectionClosed: PeerUnreachable, trio.BrokenResourceError: PeerUnreachable}):
                     await self._ws.send_message(frame)
             if sending.cancelled_caught:
+                self._broken = True  # a frame may be half out: nothing sent after it could be read
                 self._local_close = self._local_close or CloseCode.TIMEOUT
+                self._send_channel.close()  # ends the writer, and with it the link
                 raise PeerUnreachable(f"{short_id(self.peer_id)} stopped reading: link given up")
         self._bytes_sent += len(frame)
         self._sent += 1

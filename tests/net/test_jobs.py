@@ -191,3 +191,10 @@ async def test_a_job_number_used_twice_on_one_link_ends_that_link_and_the_worker
     with trio.fail_after(10):
         while served.remote_jobs or not worker.overlay.linked_peers:  # the job ended; the peers link again
             await trio.sleep(0.01)
+
+
+@pytest.mark.parametrize("policy", [JobsConfig(remote_share=0.0), JobsConfig(max_remote_jobs=0)], ids=["share-0", "max-0"])
+async def test_a_worker_that_takes_no_jobs_from_others_says_so_for_good(nursery, policy):
+    fake, served, jobs, link, _ = await start_pair(nursery, worker_jobs=policy)
+    rejection = await refused(jobs, link)
+    assert rejection.code == 403 and "no jobs for other users" in str(rejection)  # 403: nobody waits for it
