@@ -160,7 +160,11 @@ class PeerLink:
         await self._send_raw(encode(message))
 
     async def _send_raw(self, data: bytes) -> None:
-        async with self._send_lock:
+        try:  # uncontended, as nearly always: no scheduling round just for the lock (the send yields anyway)
+            self._send_lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._send_lock.acquire()
+        try:
             await trio.lowlevel.checkpoint_if_cancelled()
             if self._broken:
                 raise PeerUnreachable(f"link to {short_id(self.peer_id)} is broken")
@@ -177,6 +181,8 @@ class PeerLink:
                 self._local_close = self._local_close or CloseCode.TIMEOUT
                 self._send_channel.close()  # ends the writer, and with it the link
                 raise PeerUnreachable(f"{short_id(self.peer_id)} stopped reading: link given up")
+        finally:
+            self._send_lock.release()
         self._bytes_sent += len(frame)
         self._sent += 1
 
