@@ -173,18 +173,13 @@ _RECORD_KEYS: dict[str, str] = {
     "status": "s",
     "attached": "x",
 }
+# An attached server's fields are a node's capabilities, under the same keys, plus its own id.
 _ATTACHED_KEYS: dict[str, str] = {
     "node_id": "id",
-    "name": "n",
-    "user_id": "u",
-    "models": "m",
-    "gpu_count": "gc",
-    "gpu_memory": "gm",
-    "cpu_cores": "cc",
-    "current_load": "l",
-    "active_tasks": "at",
-    "response_time": "rt",
-    "status": "s",
+    **{field: _RECORD_KEYS[field] for field in (
+        "name", "user_id", "models", "gpu_count", "gpu_memory", "cpu_cores", "current_load", "active_tasks",
+        "response_time", "status",
+    )},
 }
 _MAX_U64 = 2**64 - 1
 _MAX_COUNT = 1 << 20  # gpu_count, cpu_cores, active_tasks: generous, but bounded

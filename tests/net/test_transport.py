@@ -82,6 +82,20 @@ async def test_a_silent_peer_times_out_at_the_handshake_deadline(nursery, autoju
     assert trio.current_time() - start == pytest.approx(TIMEOUT)
 
 
+def record_frames(ws) -> list[bytes]:
+    """Keep a copy of every frame sent on ``ws`` (``ws.send_message.unrecorded`` sends one without keeping it)."""
+    frames: list[bytes] = []
+    original_send = ws.send_message
+
+    async def recording_send(message):
+        frames.append(message)
+        await original_send(message)
+
+    recording_send.unrecorded = original_send
+    ws.send_message = recording_send
+    return frames
+
+
 class Impostor:
     """Plays the dialling side by hand over ``ws``: the Noise handshake with ``key``, then whatever Auth it likes."""
 
@@ -134,14 +148,7 @@ async def test_a_replayed_auth_from_an_earlier_handshake_fails(nursery):
     alice, bob = Identity.generate(), Identity.generate()
     # First, a genuine handshake between alice and bob, whose frames from alice a recorder on the wire keeps.
     client, server = await ws_pair(nursery)
-    recorded: list[bytes] = []
-    original_send = client.send_message
-
-    async def recording_send(message):
-        recorded.append(message)
-        await original_send(message)
-
-    client.send_message = recording_send
+    recorded = record_frames(client)
     async with trio.open_nursery() as inner:
         inner.start_soon(functools.partial(run_handshake, client, alice, initiator=True))
         inner.start_soon(functools.partial(run_handshake, server, bob, initiator=False))
@@ -237,19 +244,12 @@ async def test_a_peer_of_another_protocol_version_is_refused_with_a_reason(nurse
 async def test_messages_on_a_link_are_encrypted_and_tampering_is_detected(nursery):
     alice, bob, alice_link, bob_link, client, server = await linked_pair(nursery)
     secret = "the prompt nobody else may read"
-    frames: list[bytes] = []
-    original_send = client.send_message
-
-    async def recording_send(message):
-        frames.append(message)
-        await original_send(message)
-
-    client.send_message = recording_send
+    frames = record_frames(client)
     await alice_link.send(Rumors((secret.encode(),)))
     assert (await bob_link.receive(WireLimits())).items == (secret.encode(),)
     assert frames and secret.encode() not in frames[0]
     # A frame flipped in transit (or replayed) does not decrypt: the link fails with a protocol error.
-    await original_send(frames[0][:-1] + bytes([frames[0][-1] ^ 1]))
+    await client.send_message.unrecorded(frames[0][:-1] + bytes([frames[0][-1] ^ 1]))
     with pytest.raises(RemoteProtocolError, match="cannot decrypt"):
         await bob_link.receive(WireLimits())
 
