@@ -11,8 +11,8 @@ import trio_websocket
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from p2pnode.core.identity import Identity
-from p2pnode.core.records import PROTOCOL_VERSION, NodeRecord, SignedRecord, seal_record
 from p2pnode.core.noise import NoiseHandshake
+from p2pnode.core.records import PROTOCOL_VERSION, NodeRecord, SignedRecord, seal_record
 from p2pnode.core.wire import Auth, Rumors, WireLimits, auth_transcript, encode
 from p2pnode.errors import BadSignature, PeerRejected, PeerTimeout, RemoteProtocolError
 from p2pnode.net.transport import OPEN_NETWORK_KEY, PEER_PATH, CloseCode, HandshakeConfig, handshake
